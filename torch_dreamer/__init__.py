@@ -1,0 +1,3 @@
+"""DreamerV2 in PyTorch."""
+
+__version__ = "0.1.0"
