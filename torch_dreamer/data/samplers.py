@@ -1,0 +1,126 @@
+"""Samplers turn an EpisodeStore into fixed-length training chunks ``dict[str, np.ndarray (length, ...)]``.
+
+``ChunkSampler`` is the official DreamerV2 rule. Other strategies (reservoir-aware, 50:50 recent/past,
+coverage, reward-weighted, full episodes read sequentially with carried state) implement ``Sampler``:
+``BatchLoader`` calls ``sample()`` exactly ``batch`` times per batch, in batch-slot order, from a single
+thread, so a stateful sampler can keep one stream per slot and mark continuations with
+``is_first[0] = False``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .episodes import Episode
+from .store import EpisodeStore
+
+Chunk = dict[str, np.ndarray]
+
+_REJECTION_TRIES = 64  # uniform picks before falling back to filtering the keys for long-enough episodes
+
+
+class Sampler(Protocol):
+    """Produces training chunks with leading length ``length``."""
+
+    length: int
+
+    def sample(self) -> Chunk:
+        """One chunk ``dict[str, np.ndarray (length, ...)]`` including ``is_first (length,) bool``."""
+        ...
+
+    def reseed(self, seed: int | None) -> None:
+        """Restart the random stream so the chunk sequence is a function of (data, seed)."""
+        ...
+
+
+class EmptyReplayError(RuntimeError):
+    """No stored episode is long enough to cut a chunk from (replay not prefilled, or minlen < length)."""
+
+
+def chunk_start(rng: np.random.Generator, total: int, length: int, prioritize_ends: bool) -> int:
+    """Official start index of a ``length`` chunk in an episode with ``total`` rows (``T + 1``).
+
+    ``min(randint(total - length + 1 + length * prioritize_ends), total - length)``: with
+    ``prioritize_ends`` the extra ``length`` draws all clip to the last window, so chunks ending at the
+    episode end get probability ``(length + 1) / (total + 1)`` instead of ``1 / (total - length + 1)``.
+    """
+    upper = total - length + 1 + (length if prioritize_ends else 0)
+    return min(int(rng.integers(upper)), total - length)
+
+
+class ChunkSampler:
+    """Official replay sampling: a uniform episode (not length-weighted), then an official start index.
+
+    Args:
+        store: episodes to sample from; new episodes become sampleable as soon as they are added.
+        length: chunk length ``T`` (``dataset.length``; the official uses ``replay.minlen == maxlen``).
+        prioritize_ends: oversample chunks that end at the episode end (``replay.prioritize_ends``).
+        seed: seed of the numpy Generator; None draws fresh entropy.
+
+    Episodes with fewer than ``length`` rows cannot hold a chunk and are skipped (uniform over the
+    rest). Every chunk has ``is_first[0] = True``, so the model always starts it from a zero state.
+    """
+
+    def __init__(self, store: EpisodeStore, length: int, prioritize_ends: bool = False, seed: int | None = None):
+        if length < 1:
+            raise ValueError(f"chunk length must be >= 1, got {length}")
+        self.store = store
+        self.length = int(length)
+        self.prioritize_ends = bool(prioritize_ends)
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> Chunk:
+        """One chunk ``dict[str, np.ndarray (length, ...)]``: views into the stored arrays, except
+        ``is_first`` which is copied because its first entry is overwritten."""
+        episode = self._pick_episode()
+        total = len(episode["action"])
+        start = chunk_start(self.rng, total, self.length, self.prioritize_ends)
+        chunk = {key: value[start : start + self.length] for key, value in episode.items()}
+        chunk["is_first"] = chunk["is_first"].copy()
+        chunk["is_first"][0] = True
+        return chunk
+
+    def _pick_episode(self) -> Episode:
+        """Uniform over stored episodes with at least ``length`` rows (``T + 1 >= length``).
+
+        Rejection sampling keeps the common case O(1); if the store is mostly short episodes, fall back
+        to an explicit filter. A key evicted between snapshot and lookup just triggers another draw.
+        """
+        for _ in range(_REJECTION_TRIES):
+            keys = self.store.keys()
+            if not keys:
+                break
+            key = keys[int(self.rng.integers(len(keys)))]
+            try:
+                episode = self.store.get(key)
+            except KeyError:
+                continue
+            if len(episode["action"]) >= self.length:
+                return episode
+        return self._pick_filtered()
+
+    def _pick_filtered(self) -> Episode:
+        while True:
+            eligible = []
+            for key in self.store.keys():
+                try:
+                    if self.store.length(key) + 1 >= self.length:
+                        eligible.append(key)
+                except KeyError:
+                    continue
+            if not eligible:
+                stats = self.store.stats()
+                raise EmptyReplayError(
+                    f"no stored episode has {self.length} steps to cut a chunk from "
+                    f"({stats['loaded_episodes']} episodes, {stats['loaded_steps']} steps loaded); "
+                    "prefill the replay first or set replay.minlen >= dataset.length"
+                )
+            try:
+                return self.store.get(eligible[int(self.rng.integers(len(eligible)))])
+            except KeyError:  # evicted meanwhile by the writer thread; draw again
+                continue
