@@ -1,0 +1,136 @@
+"""The DreamerV2 agent: a world model, a task actor-critic and an optional exploration behaviour."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from torch_dreamer.agent import dists
+from torch_dreamer.agent.behavior import ActorCritic
+from torch_dreamer.agent.optim import Optimizer
+from torch_dreamer.agent.world_model import WorldModel
+
+PRECISIONS = {"32": None, "16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Agent(nn.Module):
+    """obs_space: {key: (shape, dtype)} of one environment step; act_dim: actions (one-hot size if discrete)."""
+
+    def __init__(self, config, obs_space: dict, act_dim: int, discrete: bool):
+        super().__init__()
+        if str(config.precision) not in PRECISIONS:
+            raise ValueError(f"precision must be 32, 16 or bf16, not '{config.precision}'")
+        self.config, self.act_dim, self.discrete = config, act_dim, discrete
+        self.obs_space = {k: (tuple(shape), str(np.dtype(dtype))) for k, (shape, dtype) in obs_space.items()}
+        self.wm = WorldModel(config, {k: s for k, (s, _) in self.obs_space.items()}, act_dim)
+        self.model_opt = Optimizer("model", self.wm.parameters(), **config.model_opt, precision=config.precision)
+        self.task_behavior = ActorCritic(config, self.wm.rssm.feat_size, act_dim, discrete)
+        self.expl_behavior = self._make_expl_behavior()
+        self.step = 0  # environment steps, for schedules; set by the run loop
+
+    def _make_expl_behavior(self):
+        name = str(self.config.expl_behavior).lower()
+        if name == "greedy":
+            return None
+        from torch_dreamer.agent import expl  # exploration is optional and lives in its own module
+        return expl.make(name, self)
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    def autocast(self):
+        dtype = PRECISIONS[str(self.config.precision)]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ----- acting -----
+
+    @torch.no_grad()
+    def policy(self, obs: dict, state=None, mode: str = "train"):
+        """One action per environment. obs: {key: (B, ...)} tensors incl. is_first (B,).
+
+        state: (latent, previous action) or None. Returns (action (B, A) float, new state).
+        """
+        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
+        batch = obs["is_first"].shape[0]
+        if state is None:
+            state = (self.wm.rssm.initial(batch, self.device), torch.zeros(batch, self.act_dim, device=self.device))
+        latent, action = state
+        with self.autocast():
+            embed = self.wm.encoder(self.wm.preprocess(obs))
+            sample = mode == "train" or not self.config.eval_state_mean
+            latent, _ = self.wm.rssm.obs_step(latent, action, embed, obs["is_first"], sample)
+            feat = self.wm.rssm.feat(latent)
+            if mode == "eval":
+                actor = self._eval_actor()
+                action, noise = dists.mode(actor(feat)), self.config.eval_noise
+            elif mode == "explore":
+                actor = (self.expl_behavior or self.task_behavior).actor
+                action, noise = actor(feat).sample(), self.config.expl_noise
+            elif mode == "train":
+                action, noise = self.task_behavior.actor(feat).sample(), self.config.expl_noise
+            else:
+                raise ValueError(f"policy mode must be train, eval or explore, not '{mode}'")
+        action = self._action_noise(action.float(), noise)
+        return action, (latent, action)
+
+    def _eval_actor(self):
+        if self.config.eval_policy == "explore" and self.expl_behavior is not None:
+            return self.expl_behavior.actor
+        return self.task_behavior.actor
+
+    def _action_noise(self, action: torch.Tensor, amount: float) -> torch.Tensor:
+        if amount == 0:
+            return action
+        if self.discrete:
+            probs = amount / action.shape[-1] + (1 - amount) * action
+            return dists.OneHotDist(probs=probs).sample()
+        return torch.clamp(torch.distributions.Normal(action, amount).sample(), -1, 1)
+
+    # ----- learning -----
+
+    def train_step(self, data: dict, state: dict | None = None) -> dict:
+        """One world-model update, then one actor-critic update. data: {key: (T, B, ...)} on the device."""
+        self.task_behavior.step = self.step
+        with self.autocast():
+            model_loss, post, metrics, kl_value = self.wm.loss(data, state)
+        metrics.update(self.model_opt(model_loss))
+        reward_fn = lambda seq: dists.mode(self.wm.heads["reward"](seq["feat"]))
+        metrics.update(self.task_behavior.train_step(self.wm, post, data["is_terminal"], reward_fn, self.autocast))
+        if self.expl_behavior is not None:
+            outputs = {"post": post, "kl": kl_value}
+            metrics.update(self.expl_behavior.train_step(post, outputs, data))
+        return metrics
+
+    @torch.no_grad()
+    def report(self, data: dict) -> dict:
+        videos = {}
+        for key in self.config.log_keys_video:
+            if key in self.wm.heads["decoder"].cnn_keys:
+                videos[f"openl_{key}"] = self.wm.video_pred(data, key)
+        return videos
+
+    # ----- checkpoints -----
+
+    def optimizers(self) -> dict:
+        opts = {"model": self.model_opt, "actor": self.task_behavior.actor_opt, "critic": self.task_behavior.critic_opt}
+        if self.expl_behavior is not None:
+            opts.update(self.expl_behavior.optimizers())
+        return opts
+
+    def optimizer_state(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers().items()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        for name, opt in self.optimizers().items():
+            if name in state:
+                opt.load_state_dict(state[name])
+
+    def nonfinite_updates(self) -> int:
+        """Consecutive skipped updates of the world model (the run loop stops after many)."""
+        return self.model_opt.nonfinite

@@ -1,0 +1,166 @@
+"""Actor-critic learning in imagination (the official ActorCritic), with its helpers."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+from torch import nn
+
+from torch_dreamer.agent import dists
+from torch_dreamer.agent.nets import MLP
+from torch_dreamer.agent.optim import Optimizer
+
+
+def schedule(value, step: int) -> float:
+    """A float, or linear(a,b,n) | warmup(n,v) | exp(a,b,halflife) | horizon(a,b,n) evaluated at `step`."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    text = str(value).replace(" ", "")
+    step = float(step)
+    if match := re.fullmatch(r"linear\((.+),(.+),(.+)\)", text):
+        initial, final, duration = map(float, match.groups())
+        mix = min(max(step / duration, 0.0), 1.0)
+        return (1 - mix) * initial + mix * final
+    if match := re.fullmatch(r"warmup\((.+),(.+)\)", text):
+        warmup, value = map(float, match.groups())
+        return min(max(step / warmup, 0.0), 1.0) * value
+    if match := re.fullmatch(r"exp\((.+),(.+),(.+)\)", text):
+        initial, final, halflife = map(float, match.groups())
+        return (initial - final) * 0.5 ** (step / halflife) + final
+    if match := re.fullmatch(r"horizon\((.+),(.+),(.+)\)", text):
+        initial, final, duration = map(float, match.groups())
+        mix = min(max(step / duration, 0.0), 1.0)
+        return 1 - 1 / ((1 - mix) * initial + mix * final)
+    raise ValueError(f"cannot read schedule '{value}'; use a number, linear(a,b,n), warmup(n,v), exp(a,b,h) or horizon(a,b,n)")
+
+
+def lambda_return(reward, value, discount, bootstrap, lambda_: float):
+    """TD(lambda) targets along the time axis 0, as the official lambda_return.
+
+    R_t = r_t + d_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1}), with R_T = bootstrap.
+    reward, value, discount: (T, N); bootstrap: (N,). Returns (T, N).
+    """
+    next_values = torch.cat([value[1:], bootstrap[None]], 0)
+    inputs = reward + discount * next_values * (1 - lambda_)
+    returns, last = [], bootstrap
+    for t in reversed(range(reward.shape[0])):
+        last = inputs[t] + discount[t] * lambda_ * last
+        returns.append(last)
+    return torch.stack(returns[::-1])
+
+
+class StreamNorm(nn.Module):
+    """Divides by a running mean of magnitudes; momentum 1 (the official default) leaves inputs unchanged."""
+
+    def __init__(self, shape=(), momentum=1.0, scale=1.0, eps=1e-8):
+        super().__init__()
+        self.momentum, self.scale, self.eps = momentum, scale, eps
+        self.register_buffer("mag", torch.ones(shape))
+
+    def forward(self, inputs: torch.Tensor):
+        metrics = {"mean": inputs.mean(), "std": inputs.std()}
+        batch = inputs.detach().reshape((-1,) + self.mag.shape)
+        self.mag.copy_(self.momentum * self.mag + (1 - self.momentum) * batch.abs().mean(0))
+        outputs = inputs / (self.mag + self.eps) * self.scale
+        metrics["normed_mean"], metrics["normed_std"] = outputs.mean(), outputs.std()
+        return outputs, {k: v.detach() for k, v in metrics.items()}
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, config, feat_size: int, act_dim: int, discrete: bool, prefix: str = ""):
+        super().__init__()
+        self.config = config
+        actor_config = config.actor.to_dict()
+        if actor_config["dist"] == "auto":
+            actor_config["dist"] = "onehot" if discrete else "trunc_normal"
+        self.actor_grad = config.actor_grad if config.actor_grad != "auto" else ("reinforce" if discrete else "dynamics")
+        self.actor = MLP(feat_size, act_dim, **actor_config)
+        self.critic = MLP(feat_size, (), **config.critic)
+        if config.slow_target:
+            self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.rewnorm = StreamNorm(**config.reward_norm)
+        self.actor_opt = Optimizer(prefix + "actor", self.actor.parameters(), **config.actor_opt, precision=config.precision)
+        self.critic_opt = Optimizer(prefix + "critic", self.critic.parameters(), **config.critic_opt, precision=config.precision)
+        self.updates = 0  # a Python int so the copy schedule needs no device sync; saved as extra state
+        self.step = 0  # environment step for schedules, set by the agent
+
+    def get_extra_state(self):
+        return {"updates": self.updates}
+
+    def set_extra_state(self, state):
+        self.updates = int(state["updates"])
+
+    @property
+    def slow_critic(self):
+        return self.target_critic if self.config.slow_target else self.critic
+
+    def train_step(self, world_model, start: dict, is_terminal, reward_fn, autocast) -> dict:
+        """One actor and one critic update on trajectories imagined from every start state."""
+        with autocast():
+            seq = world_model.imagine(self.actor, start, is_terminal, self.config.imag_horizon)
+            reward, metrics = self.rewnorm(reward_fn(seq))
+            metrics = {f"reward_{k}": v for k, v in metrics.items()}
+            seq["reward"] = reward
+            target, target_metrics = self.target(seq)
+            actor_loss, actor_metrics = self.actor_loss(seq, target)
+            critic_loss, critic_metrics = self.critic_loss(seq, target)
+        metrics.update(target_metrics, **actor_metrics, **critic_metrics)
+        metrics.update(self.actor_opt(actor_loss))
+        metrics.update(self.critic_opt(critic_loss))
+        self.update_slow_target()
+        return metrics
+
+    def target(self, seq: dict):
+        """lambda-returns over the imagined sequence: (H, N) from (H + 1, N) rewards/values/discounts."""
+        reward, disc = seq["reward"].float(), seq["discount"].float()
+        value = dists.mode(self.slow_critic(seq["feat"])).float()
+        target = lambda_return(reward[:-1], value[:-1], disc[:-1], value[-1], self.config.discount_lambda)
+        return target, {"critic_slow": value.mean().detach(), "critic_target": target.mean().detach()}
+
+    def actor_loss(self, seq: dict, target: torch.Tensor):
+        """The policy acts on feat[:-2]; its actions are action[1:-1]; its returns target[1:]."""
+        metrics = {}
+        policy = self.actor(seq["feat"][:-2].detach())
+        if self.actor_grad == "dynamics":
+            objective = target[1:]
+        elif self.actor_grad in ("reinforce", "both"):
+            baseline = dists.mode(self.slow_critic(seq["feat"][:-2])).float()
+            advantage = (target[1:] - baseline).detach()
+            action = seq["action"][1:-1]
+            action = action.detach() if self.actor_grad == "reinforce" else action
+            objective = policy.log_prob(action) * advantage
+            if self.actor_grad == "both":
+                mix = schedule(self.config.actor_grad_mix, self.step)
+                objective = mix * target[1:] + (1 - mix) * objective
+                metrics["actor_grad_mix"] = torch.tensor(mix)
+        else:
+            raise ValueError(f"actor_grad must be auto, reinforce, dynamics or both, not '{self.actor_grad}'")
+        ent = policy.entropy()
+        ent_scale = schedule(self.config.actor_ent, self.step)
+        objective = objective + ent_scale * ent
+        weight = seq["weight"].detach()
+        actor_loss = -(weight[:-2] * objective).mean()
+        metrics["actor_ent"] = ent.mean().detach()
+        metrics["actor_ent_scale"] = torch.tensor(ent_scale)
+        return actor_loss, metrics
+
+    def critic_loss(self, seq: dict, target: torch.Tensor):
+        dist = self.critic(seq["feat"][:-1].detach())
+        weight = seq["weight"].detach()
+        critic_loss = -(dist.log_prob(target.detach()) * weight[:-1]).mean()
+        return critic_loss, {"critic": dists.mode(dist).mean().detach()}
+
+    @torch.no_grad()
+    def update_slow_target(self):
+        """Hard copy at update 0, then every `slow_target_update` updates mix by `slow_target_fraction`."""
+        if self.config.slow_target:
+            updates = self.updates
+            if updates % self.config.slow_target_update == 0:
+                mix = 1.0 if updates == 0 else float(self.config.slow_target_fraction)
+                for s, d in zip(self.critic.parameters(), self.target_critic.parameters()):
+                    d.mul_(1 - mix).add_(mix * s)
+        self.updates += 1

@@ -1,0 +1,185 @@
+"""Distributions with the semantics the official DreamerV2 relies on.
+
+All of them compute in float32 regardless of autocast, as the official code does
+for distributions, KL terms and LayerNorm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import distributions as td
+
+
+class OneHotDist(td.OneHotCategorical):
+    """One-hot categorical whose samples pass straight-through gradients: onehot + p - sg(p)."""
+
+    def __init__(self, logits=None, probs=None):
+        super().__init__(logits=None if logits is None else logits.float(),
+                         probs=None if probs is None else probs.float(), validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        # Gumbel-max draws the same distribution as multinomial sampling but stays on-device
+        # without a host sync and vectorises over any leading shape.
+        logits = self.logits.expand(tuple(sample_shape) + self.logits.shape)
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-20, 1.0 - 1e-7)))
+        index = (logits + gumbel).argmax(-1)
+        onehot = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+        probs = self.probs.expand_as(onehot)
+        return onehot + probs - probs.detach()
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.sample(sample_shape)
+
+    @property
+    def mode(self):
+        index = self.logits.argmax(-1)
+        onehot = F.one_hot(index, self.logits.shape[-1]).to(self.logits.dtype)
+        return onehot + self.probs - self.probs.detach()
+
+    def log_prob(self, value):
+        return (value.float() * self.logits).sum(-1)
+
+
+class TruncNormalDist(td.Distribution):
+    """Normal truncated to [low, high]; reparameterised samples clipped by `clip` straight-through."""
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, loc, scale, low=-1.0, high=1.0, clip=1e-6, mult=1.0):
+        self.loc, self.scale = loc.float(), scale.float()
+        self.low, self.high, self._clip, self._mult = low, high, clip, mult
+        self._normal = td.Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc))
+        self._alpha = (low - self.loc) / self.scale
+        self._beta = (high - self.loc) / self.scale
+        self._cdf_alpha = self._normal.cdf(self._alpha)
+        self._z = (self._normal.cdf(self._beta) - self._cdf_alpha).clamp_min(1e-8)
+        super().__init__(batch_shape=self.loc.shape, validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.loc.shape
+        uniform = torch.rand(shape, device=self.loc.device)
+        # Inverse-CDF sampling keeps the sample differentiable in loc and scale.
+        p = (self._cdf_alpha + uniform * self._z).clamp(1e-7, 1 - 1e-7)
+        event = self.loc + self.scale * math.sqrt(2) * torch.erfinv(2 * p - 1)
+        event = event.clamp(self.low, self.high)
+        if self._clip:
+            clipped = event.clamp(self.low + self._clip, self.high - self._clip)
+            event = event - event.detach() + clipped.detach()
+        return event * self._mult
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.rsample(sample_shape)
+
+    @property
+    def mode(self):
+        return self.loc.clamp(self.low, self.high) * self._mult
+
+    @property
+    def mean(self):
+        phi_a, phi_b = self._normal.log_prob(self._alpha).exp(), self._normal.log_prob(self._beta).exp()
+        return self.loc + self.scale * (phi_a - phi_b) / self._z
+
+    def log_prob(self, value):
+        standard = (value.float() - self.loc) / self.scale
+        return self._normal.log_prob(standard) - torch.log(self.scale) - torch.log(self._z)
+
+    def entropy(self):
+        phi_a, phi_b = self._normal.log_prob(self._alpha).exp(), self._normal.log_prob(self._beta).exp()
+        return (0.5 * math.log(2 * math.pi * math.e) + torch.log(self.scale) + torch.log(self._z)
+                + (self._alpha * phi_a - self._beta * phi_b) / (2 * self._z))
+
+
+class SampleDist:
+    """Estimates mean, mode and entropy of a distribution without closed forms from samples."""
+
+    def __init__(self, dist, samples=100):
+        self._dist, self._samples = dist, samples
+
+    def __getattr__(self, name):
+        return getattr(self._dist, name)
+
+    @property
+    def mean(self):
+        return self._dist.rsample((self._samples,)).mean(0)
+
+    @property
+    def mode(self):
+        sample = self._dist.rsample((self._samples,))
+        logprob = self._dist.log_prob(sample)
+        index = logprob.argmax(0)
+        return torch.gather(sample, 0, index[None, ..., None].expand(1, *sample.shape[1:]))[0]
+
+    def entropy(self):
+        sample = self._dist.rsample((self._samples,))
+        return -self._dist.log_prob(sample).mean(0)
+
+    def sample(self, sample_shape=torch.Size()):
+        return self._dist.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return self._dist.log_prob(value)
+
+
+def tanh_normal(mean, std):
+    base = td.Normal(mean.float(), std.float())
+    # cache_size=1 lets log_prob of our own samples skip atanh, which is unstable at +-1.
+    dist = td.TransformedDistribution(base, [td.TanhTransform(cache_size=1)])
+    return SampleDist(td.Independent(dist, 1))
+
+
+class MSEDist:
+    """Unit-variance Normal summed over `dims` event dims: log p = -0.5 err^2 - 0.5 log 2pi."""
+
+    def __init__(self, mean, dims):
+        self._mean, self._dims = mean.float(), dims
+
+    @property
+    def mean(self):
+        return self._mean
+
+    @property
+    def mode(self):
+        return self._mean
+
+    def log_prob(self, value):
+        logp = -0.5 * (value.float() - self._mean) ** 2 - 0.5 * math.log(2 * math.pi)
+        return logp.sum(tuple(range(-self._dims, 0))) if self._dims else logp
+
+    def sample(self, sample_shape=torch.Size()):
+        return self._mean + torch.randn(torch.Size(sample_shape) + self._mean.shape, device=self._mean.device)
+
+
+class BinaryDist:
+    """Bernoulli on logits whose log_prob accepts soft labels (the discount head's gamma*(1-terminal))."""
+
+    def __init__(self, logits, dims):
+        self.logits, self._dims = logits.float(), dims
+
+    @property
+    def mean(self):
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mode(self):
+        return (self.logits > 0).float()
+
+    def log_prob(self, value):
+        logp = -F.binary_cross_entropy_with_logits(self.logits, value.float().expand_as(self.logits), reduction="none")
+        return logp.sum(tuple(range(-self._dims, 0))) if self._dims else logp
+
+    def sample(self, sample_shape=torch.Size()):
+        return torch.bernoulli(self.mean.expand(torch.Size(sample_shape) + self.logits.shape))
+
+
+def mode(dist):
+    value = dist.mode
+    return value() if callable(value) else value
+
+
+def mean(dist):
+    value = dist.mean
+    return value() if callable(value) else value
