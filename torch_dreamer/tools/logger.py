@@ -15,17 +15,9 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from torch_dreamer.tools.video import gif_bytes, to_uint8
-
-try:  # torch is a dependency, but keep this module importable by torch-free analysis scripts
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
-
-
-def _is_tensor(value) -> bool:
-    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _resolve(values: dict) -> dict:
@@ -35,7 +27,7 @@ def _resolve(values: dict) -> dict:
     """
     out, groups = {}, {}
     for name, value in values.items():
-        if _is_tensor(value):
+        if isinstance(value, torch.Tensor):
             groups.setdefault((value.device, value.dtype), []).append(name)
         elif isinstance(value, np.generic | np.ndarray):
             out[name] = np.asarray(value).item()
@@ -58,22 +50,22 @@ class Logger:
         self.logdir = pathlib.Path(logdir)
         self.multiplier = multiplier
         if outputs is None:
-            outputs = [TerminalOutput(), JSONLOutput(self.logdir), TensorBoardOutput(self.logdir)]
+            outputs = default_outputs(self.logdir)
         self.outputs = list(outputs)
         self._scalars, self._videos = {}, {}
 
     def scalar(self, name: str, value) -> None:
-        size = value.numel() if _is_tensor(value) else np.size(value)
+        size = value.numel() if isinstance(value, torch.Tensor) else np.size(value)
         if size != 1:
             raise ValueError(f"scalar '{name}' must have one element, got shape {np.shape(value)}")
         self._scalars[name] = value  # resolved lazily in write(), see _resolve
 
     def video(self, name: str, frames) -> None:
-        if _is_tensor(frames):
+        if isinstance(frames, torch.Tensor):
             frames = frames.detach().cpu().numpy()
         frames = np.asarray(frames)
-        if frames.ndim != 4:
-            raise ValueError(f"video '{name}' must be (T, H, W, C), got shape {frames.shape}")
+        if frames.ndim != 4 or frames.shape[-1] not in (1, 3):  # fail at the call site, not at write time
+            raise ValueError(f"video '{name}' must be (T, H, W, 1|3), got shape {frames.shape}")
         self._videos[name] = to_uint8(frames)
 
     def add(self, mapping: dict, prefix: str | None = None) -> None:
@@ -116,7 +108,7 @@ class MetricsAverager:
 
     def add(self, metrics: dict) -> None:
         for key, value in metrics.items():
-            if _is_tensor(value):
+            if isinstance(value, torch.Tensor):
                 value = value.detach().reshape(()).float()
             elif isinstance(value, np.generic | np.ndarray):
                 value = float(value)
@@ -221,11 +213,7 @@ class TerminalOutput(Output):
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "nan"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}"
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 class VideoFileOutput(Output):
@@ -277,15 +265,10 @@ class MLflowOutput(Output):
 
 def default_outputs(logdir, terminal=True, jsonl=True, tensorboard=True, videos=False, mlflow=False) -> list:
     """The official outputs; `mlflow=True` adds MLflow only if it imports (silently skipped otherwise)."""
-    outputs = []
-    if terminal:
-        outputs.append(TerminalOutput())
-    if jsonl:
-        outputs.append(JSONLOutput(logdir))
-    if tensorboard:
-        outputs.append(TensorBoardOutput(logdir))
-    if videos:
-        outputs.append(VideoFileOutput(logdir))
+    outputs = [TerminalOutput()] if terminal else []
+    outputs += [JSONLOutput(logdir)] if jsonl else []
+    outputs += [TensorBoardOutput(logdir)] if tensorboard else []
+    outputs += [VideoFileOutput(logdir)] if videos else []
     if mlflow:
         try:
             outputs.append(MLflowOutput())
@@ -324,7 +307,8 @@ class Progress:
             if updates is not None and last_updates is not None:
                 self._postfix["upd/s"] = f"{(updates - last_updates) / elapsed:.1f}"
             self._last = (now, step, updates)
-        self._postfix.update({k: _fmt(v) if isinstance(v, float | int) else str(v) for k, v in postfix.items()})
+        for key, value in postfix.items():  # 0-d tensors / numpy scalars become numbers, strings pass through
+            self._postfix[key] = value if isinstance(value, str) else _fmt(value if type(value) is int else float(value))
         self.bar.set_postfix(self._postfix, refresh=False)
         self.bar.update(step - self.bar.n)
 
