@@ -37,7 +37,11 @@ def stack_time_major(chunks: Sequence[Chunk], pin_memory: bool = False) -> Batch
         dtype = np.float32 if np.issubdtype(first.dtype, np.floating) else first.dtype
         shape = (first.shape[0], len(arrays), *first.shape[1:])
         tensor = torch.empty(shape, dtype=_torch_dtype(dtype), pin_memory=pin_memory)
-        np.stack(arrays, axis=1, out=tensor.numpy(), casting="same_kind")
+        try:
+            np.stack(arrays, axis=1, out=tensor.numpy(), casting="same_kind")
+        except ValueError as exc:  # name the key: mixed image sizes are a config mistake worth finding fast
+            shapes = sorted({array.shape for array in arrays})
+            raise ValueError(f"cannot stack chunks of key '{key}' with shapes {shapes}: {exc}") from exc
         batch[key] = tensor
     return batch
 

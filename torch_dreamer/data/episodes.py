@@ -138,7 +138,8 @@ def load_episode(path: str | os.PathLike) -> Episode:
 
     Raises OSError/ValueError/zipfile errors for unreadable or inconsistent files.
     """
-    with np.load(path, allow_pickle=False) as data:
+    # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
         episode = {key: data[key] for key in data.files}
     return normalize_episode(episode)
 
