@@ -13,12 +13,26 @@ import torch.nn.functional as F
 from torch import distributions as td
 
 
-class OneHotDist(td.OneHotCategorical):
-    """One-hot categorical whose samples pass straight-through gradients: onehot + p - sg(p)."""
+# Argument validation costs more than the math on small networks; the agent checks its own shapes.
+td.Distribution.set_default_validate_args(False)
 
-    def __init__(self, logits=None, probs=None):
-        super().__init__(logits=None if logits is None else logits.float(),
-                         probs=None if probs is None else probs.float(), validate_args=False)
+
+class OneHotDist:
+    """One-hot categorical whose samples pass straight-through gradients: onehot + p - sg(p).
+
+    `dims` trailing batch dims are summed in log_prob and entropy (DreamerV2's Independent(., 1)
+    over the 32 latent variables).
+    """
+
+    def __init__(self, logits=None, probs=None, dims: int = 0):
+        if logits is None:
+            logits = torch.log(probs.float().clamp_min(1e-20))
+        self.logits = torch.log_softmax(logits.float(), -1)
+        self.probs = self.logits.exp()
+        self._dims = dims
+
+    def _sum(self, value):
+        return value.sum(tuple(range(-self._dims, 0))) if self._dims else value
 
     def sample(self, sample_shape=torch.Size()):
         # Gumbel-max draws the same distribution as multinomial sampling but stays on-device
@@ -30,17 +44,27 @@ class OneHotDist(td.OneHotCategorical):
         probs = self.probs.expand_as(onehot)
         return onehot + probs - probs.detach()
 
-    def rsample(self, sample_shape=torch.Size()):
-        return self.sample(sample_shape)
+    rsample = sample
 
     @property
     def mode(self):
-        index = self.logits.argmax(-1)
-        onehot = F.one_hot(index, self.logits.shape[-1]).to(self.logits.dtype)
+        onehot = F.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).to(self.logits.dtype)
         return onehot + self.probs - self.probs.detach()
 
+    @property
+    def mean(self):
+        return self.probs
+
     def log_prob(self, value):
-        return (value.float() * self.logits).sum(-1)
+        return self._sum((value.float() * self.logits).sum(-1))
+
+    def entropy(self):
+        return self._sum(-(self.probs * self.logits).sum(-1))
+
+
+def kl_onehot(lhs: OneHotDist, rhs: OneHotDist) -> torch.Tensor:
+    """KL(lhs || rhs) summed over the categorical and lhs's `dims` trailing dims."""
+    return lhs._sum((lhs.probs * (lhs.logits - rhs.logits)).sum(-1))
 
 
 class TruncNormalDist(td.Distribution):

@@ -55,7 +55,7 @@ class RSSM(nn.Module):
 
     def dist(self, state: dict):
         if self.discrete:
-            return torch.distributions.Independent(dists.OneHotDist(logits=state["logit"]), 1)
+            return dists.OneHotDist(logits=state["logit"], dims=1)
         return torch.distributions.Independent(torch.distributions.Normal(state["mean"].float(), state["std"].float()), 1)
 
     def _stats(self, x: torch.Tensor) -> dict:
@@ -146,7 +146,7 @@ class RSSM(nn.Module):
         lhs, rhs = (post, prior), mix = 1 - balance unless `forward`. Returns (loss, per-step KL value).
         """
         sg = lambda state: {k: v.detach() for k, v in state.items()}
-        kld = torch.distributions.kl_divergence
+        kld = dists.kl_onehot if self.discrete else torch.distributions.kl_divergence
         lhs, rhs = (prior, post) if forward else (post, prior)
         mix = balance if forward else (1 - balance)
         if balance == 0.5:
