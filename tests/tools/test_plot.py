@@ -7,7 +7,8 @@ import pytest
 
 from torch_dreamer.errors import UserError
 from torch_dreamer.tools import aggregate as A
-from torch_dreamer.tools import plot, scores as S
+from torch_dreamer.tools import plot
+from torch_dreamer.tools import scores as S
 from torch_dreamer.tools.scores import Run
 
 
@@ -196,10 +197,14 @@ def test_partial_last_line_is_skipped_and_a_broken_middle_line_is_an_error(tmp_p
 
 
 def test_load_inputs_reads_both_formats_and_reports_runs_without_eval(tmp_path):
-    write_run(tmp_path, "atari_pong", "ours", 0, [{"step": 1e6, "eval_return": -20.0}, {"step": 2e6, "eval_return": -10}])
+    write_run(
+        tmp_path, "atari_pong", "ours", 0, [{"step": 1e6, "eval_return": -20.0}, {"step": 2e6, "eval_return": -10}]
+    )
     write_run(tmp_path, "atari_pong", "ours", 1, [{"step": 1e4, "train_return": -21.0}])
-    official = [{"task": "atari_pong", "method": "ref", "seed": "1", "xs": [1e6], "ys": [5.0]},
-                {"task": "stats_normalized_mean", "method": "ref", "seed": "0", "xs": [1], "ys": [1]}]
+    official = [
+        {"task": "atari_pong", "method": "ref", "seed": "1", "xs": [1e6], "ys": [5.0]},
+        {"task": "stats_normalized_mean", "method": "ref", "seed": "0", "xs": [1], "ys": [1]},
+    ]
     (tmp_path / "ref.json").write_text(json.dumps(official))
     (tmp_path / "agents.json").write_text(json.dumps({"atari_pong": {"agent_x": 3.0, "random": -99}}))
     (tmp_path / "atari_pong" / "ours" / "0" / "config.json").write_text(json.dumps({"seed": 0}))
@@ -263,7 +268,9 @@ def synthetic_logs(root):
     for task in ("atari_pong", "atari_breakout"):
         for method, speed in (("ours", 1.0), ("other", 0.5)):
             for seed in range(2):
-                rows = [{"step": s, "eval_return": speed * s / 1e5 + rng.normal()} for s in range(0, 2_000_001, 100_000)]
+                rows = [
+                    {"step": s, "eval_return": speed * s / 1e5 + rng.normal()} for s in range(0, 2_000_001, 100_000)
+                ]
                 write_run(root, task, method, seed, rows, tail='{"step": 2100000, "eval_re')
 
 
@@ -272,7 +279,10 @@ def test_plot_writes_images_that_are_not_blank(tmp_path, capsys):
 
     synthetic_logs(tmp_path / "logs")
     out = tmp_path / "out"
-    assert plot.main(["--indir", str(tmp_path / "logs"), "--outdir", str(out), "--cols", "3", "--add", "auto", "seeds"]) == 0
+    assert (
+        plot.main(["--indir", str(tmp_path / "logs"), "--outdir", str(out), "--cols", "3", "--add", "auto", "seeds"])
+        == 0
+    )
     image = matplotlib.image.imread(out / "curves.png")[..., :3]
     ink = (image.mean(-1) < 0.9).mean()
     assert image.std() > 0.05 and 0.01 < ink < 0.6
@@ -292,5 +302,5 @@ def test_table_prints_final_scores_at_a_common_step(tmp_path, capsys):
     write_run(tmp_path, "atari_pong", "ref", 0, [{"step": s * 1e6, "eval_return": float(s)} for s in range(1, 6)])
     write_run(tmp_path, "atari_pong", "ours", 0, [{"step": s * 1e6, "eval_return": 10.0 * s} for s in range(1, 3)])
     assert plot.main(["--indir", str(tmp_path), "--table", "--baselines", "random"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("atari_pong"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("atari_pong"))
     assert line.split()[:6] == ["atari_pong", "2M", "20.0", "(1)", "2.00", "(1)"] and "-20.7" in line

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from torch_dreamer.tools import aggregate as A
-from torch_dreamer.tools import plot, scores as S
+from torch_dreamer.tools import plot
+from torch_dreamer.tools import scores as S
 
 SCORES = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference-data" / "dreamerv2-scores"
 pytestmark = pytest.mark.skipif(not (SCORES / "atari-dreamerv2.json").is_file(), reason="no ../shared reference data")

@@ -259,17 +259,18 @@ def _agent_rows(baselines, tasks, agents, stats) -> list[dict]:
     return rows
 
 
-def task_table(runs: list[Run], baselines, bins=-1) -> list[dict]:
-    """Per task, every method's final score at one common step: the furthest step all methods reached."""
+def task_table(runs: list[Run], baselines, bins=-1, step=None) -> list[dict]:
+    """Per task, every method's final score at one common step: `step`, or the furthest all methods reached."""
     rows = []
     groups = group_runs(runs)
     for task in sorted({t for t, _ in groups}):
         methods = sorted(m for t, m in groups if t == task)
-        step = min(max(float(r.xs.max()) for r in groups[(task, m)] if len(r.xs)) for m in methods)
+        common = min(max(float(r.xs.max()) for r in groups[(task, m)] if len(r.xs)) for m in methods)
+        at = common if step is None else step
         tolerance = bin_size_for(task, bins) or bin_size_for(task, -1)
         cells = {}
         for method in methods:
-            _, values = final_values(groups[(task, method)], step, tolerance)
+            _, values = final_values(groups[(task, method)], at, tolerance)
             cells[method] = values
-        rows.append({"task": task, "step": step, "methods": cells, "baselines": baselines.get(task, {})})
+        rows.append({"task": task, "step": at, "methods": cells, "baselines": baselines.get(task, {})})
     return rows

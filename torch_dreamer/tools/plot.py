@@ -39,7 +39,9 @@ from torch_dreamer.tools.scores import (
 ADD_CHOICES = ("auto", "seeds", "none") + tuple(agg_lib.STATS)
 DEFAULT_BASELINES = ["random", "human_gamer", "rainbow_sticky", "d4pg", "impala"]
 # The official score files beside a source checkout (repo/../shared); read when present, never shipped.
-OFFICIAL_BASELINES = Path(__file__).resolve().parents[2].parent / "shared/reference-data/dreamerv2-scores/baselines.json"
+OFFICIAL_BASELINES = (
+    Path(__file__).resolve().parents[2].parent / "shared/reference-data/dreamerv2-scores/baselines.json"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,17 +53,28 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dreamer plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("--indir", nargs="+", required=True, help="run folders (task/method/seed/**/metrics.jsonl) or run files")
+    p.add_argument(
+        "--indir", nargs="+", required=True, help="run folders (task/method/seed/**/metrics.jsonl) or run files"
+    )
     p.add_argument("--outdir", help="where curves.png, curves.pdf, runs.json and aggregates.json go")
     p.add_argument("--xaxis", default="step", help="x key in metrics.jsonl (frames)")
     p.add_argument("--yaxis", default="eval_return", help="y key in metrics.jsonl")
-    p.add_argument("--bins", type=float, default=-1, help="bin width in frames; -1: Atari 1e6, DMC/Crafter 1e4, else 1e5; 0: none")
+    p.add_argument(
+        "--bins", type=float, default=-1, help="bin width in frames; -1: Atari 1e6, DMC/Crafter 1e4, else 1e5; 0: none"
+    )
     p.add_argument("--tasks", nargs="+", default=[], metavar="REGEX")
     p.add_argument("--methods", nargs="+", default=[], metavar="REGEX")
-    p.add_argument("--baselines", nargs="*", default=DEFAULT_BASELINES, metavar="NAME",
-                   help="baseline names (regexes) drawn as lines and scored; give none to draw none")
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=DEFAULT_BASELINES,
+        metavar="NAME",
+        help="baseline names (regexes) drawn as lines and scored; give none to draw none",
+    )
     p.add_argument("--baselines-file", nargs="+", default=[], metavar="FILE", help="{task: {method: score}} files")
-    p.add_argument("--agg", choices=AGGS, default="std1", help="over seeds: mean+-std, median with percentile band, or none")
+    p.add_argument(
+        "--agg", choices=AGGS, default="std1", help="over seeds: mean+-std, median with percentile band, or none"
+    )
     p.add_argument("--add", nargs="+", choices=ADD_CHOICES, default=["auto"], help="extra panels")
     p.add_argument("--cols", type=int, default=6)
     p.add_argument("--size", nargs=2, type=float, default=[4.0, 3.0], metavar=("W", "H"), help="inches per panel")
@@ -100,13 +113,19 @@ def run(args) -> int:
     chosen = select_baselines(loaded.baselines, args.baselines, tasks)
     names = sorted({m for scores in chosen.values() for m in scores}, key=_baseline_order)
     finals = agg_lib.final_scores(runs, args.bins, args.step)
+    if args.step is not None and not any(len(values) for _, values in finals.values()):
+        print(f"note: no run has reached --step {report.fmt_step(args.step)} (within one bin)", file=sys.stderr)
     rows = agg_lib.aggregate_finals(finals, loaded.baselines, names, args.reps)
     if rows:
         print(report.aggregate_report(rows, args.reps))
     if args.table:
-        print("\n" + report.task_report(agg_lib.task_table(runs, loaded.baselines, args.bins), names))
+        table = agg_lib.task_table(runs, loaded.baselines, args.bins, args.step)
+        print("\n" + report.task_report(table, names))
     if args.outdir:
-        write_outputs(Path(args.outdir), runs, chosen, loaded.baselines, rows, args)
+        try:
+            write_outputs(Path(args.outdir), runs, chosen, loaded.baselines, rows, args)
+        except OSError as exc:
+            raise UserError(f"--outdir {args.outdir}: {exc.strerror or exc}") from None
     return 0
 
 
@@ -214,7 +233,7 @@ def extra_panels(runs, baselines, rows, add: list[str], agg: str) -> list[Panel]
         if not curves:
             continue
         lines = [make_line(c.method, c.xs, c.seeds, agg) for c in curves]
-        for line, curve in zip(lines, curves):
+        for line, curve in zip(lines, curves, strict=True):
             line.ys = curve.line
         # Published agents' aggregates, as horizontal lines, e.g. Rainbow's gamer median of 1.47.
         hlines = {r["method"]: r[stat][0] for r in rows if r.get("published") and r.get(stat)}
@@ -257,7 +276,9 @@ def plot_curves(panels: list[Panel], cols=6, size=(4.0, 3.0), xlim=None, ylim=No
     handles = {k: handles[k] for k in sorted(handles, key=lambda k: k in _hline_names(panels))}
     legend_rows = math.ceil(len(handles) / min(6, max(1, len(handles))))
     bottom = min(0.4, (0.35 + 0.25 * legend_rows) / fig.get_figheight())
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, max(1, len(handles))), frameon=False)
+    fig.legend(
+        list(handles.values()), list(handles), loc="lower center", ncol=min(6, max(1, len(handles))), frameon=False
+    )
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 

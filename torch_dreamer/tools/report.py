@@ -52,7 +52,9 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = []
     for row in [header] + rows:
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -87,5 +89,7 @@ def task_report(rows: list[dict], baseline_names: list[str]) -> str:
         cells = [fmt_values(r["methods"][m]) if m in r["methods"] else "" for m in methods]
         refs = [fmt_num(r["baselines"].get(b)) for b in baseline_names]
         body.append([r["task"], fmt_step(r["step"])] + cells + refs)
-    note = "Final score of each method at the furthest step every method reached: mean +- std (runs)."
+    note = (
+        "Final score of each method at one step per task (--step, else the furthest all reached): mean +- std (runs)."
+    )
     return note + "\n" + format_table(header, body)

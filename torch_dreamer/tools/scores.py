@@ -9,8 +9,8 @@ JSON files shaped `{task: {method: score}}` are baseline files (final scores of 
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 import math
 import re
 import warnings
@@ -163,7 +163,9 @@ def load_json_file(path: Path, loaded: Loaded, explicit: bool, quiet: bool = Fal
     elif kind == "baselines":
         merge_baselines(loaded, check_baselines(data, path), path, quiet)
     elif explicit:
-        raise UserError(f"{path}: expected a list of {{task, method, seed, xs, ys}} runs or {{task: {{method: score}}}}")
+        raise UserError(
+            f"{path}: expected a list of {{task, method, seed, xs, ys}} runs or {{task: {{method: score}}}}"
+        )
     return kind is not None
 
 
@@ -192,6 +194,8 @@ def load_inputs(indirs, xaxis="step", yaxis="eval_return", baseline_files=(), de
     for indir in map(Path, indirs):
         if not indir.exists():
             raise UserError(f"--indir {indir}: no such file or folder")
+        if indir.is_file() and indir.suffix == ".jsonl":
+            raise UserError(f"--indir {indir}: give the folder that holds task/method/seed/**/metrics.jsonl")
         if indir.is_file():
             load_json_file(indir, loaded, explicit=True)
         else:
@@ -272,9 +276,11 @@ def filter_runs(runs: list[Run], tasks=None, methods=None) -> list[Run]:
         and (not method_res or any(p.search(r.method) for p in method_res))
     ]
     if runs and not kept:
+        have_tasks = ", ".join(sorted({r.task for r in runs})[:10])
+        have_methods = ", ".join(sorted({r.method for r in runs}))
         raise UserError(
             f"no runs match --tasks {' '.join(tasks or ['.*'])} --methods {' '.join(methods or ['.*'])}; "
-            f"tasks: {', '.join(sorted({r.task for r in runs})[:10])}; methods: {', '.join(sorted({r.method for r in runs}))}"
+            f"tasks: {have_tasks}; methods: {have_methods}"
         )
     return kept
 
@@ -326,8 +332,7 @@ def bin_runs(runs: list[Run], bins: float | None = -1) -> list[Run]:
 def runs_to_json(runs: list[Run]) -> list[dict]:
     """The official run-file format, so binned runs can be plotted again or shared."""
     return [
-        {"task": r.task, "method": r.method, "seed": r.seed, "xs": r.xs.tolist(), "ys": r.ys.tolist()}
-        for r in runs
+        {"task": r.task, "method": r.method, "seed": r.seed, "xs": r.xs.tolist(), "ys": r.ys.tolist()} for r in runs
     ]
 
 
