@@ -8,6 +8,11 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")
 # minihack imports pkg_resources at import time, which setuptools deprecates noisily.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
+
+def pytest_configure(config):
+    # Every registered MiniGrid env is tested, including the superseded -v0 versions.
+    config.addinivalue_line("filterwarnings", "ignore:.*is out of date. You should consider upgrading")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from gymnasium import spaces  # noqa: E402

@@ -42,7 +42,8 @@ def test_minigrid_rgb_partial(h):
     import minigrid.wrappers  # noqa: F401
 
     raw = minigrid.wrappers.RGBImgPartialObsWrapper(gymnasium.make("MiniGrid-DoorKey-6x6-v0"))
-    env = wrap_env(raw, h.make_config("minigrid"))
+    with pytest.warns(UserWarning, match="dropping observation keys the agent cannot use: mission"):
+        env = wrap_env(raw, h.make_config("minigrid"))
     # `mission` is a Text space: dropped with a warning; `direction` becomes a logged scalar.
     assert set(env.observation_space.spaces) == {"image", "direction"}
     assert env.observation_space["direction"].shape == ()
@@ -104,7 +105,7 @@ def test_top_level_spaces(h):
 def test_unsupported_spaces_raise_user_errors():
     with pytest.raises(UserError, match="observation space"):
         wrap_env(ToyEnv(spaces.Text(5)), _config())
-    with pytest.raises(UserError, match="no usable observation"):
+    with pytest.raises(UserError, match="no usable observation"), pytest.warns(UserWarning, match="dropping"):
         wrap_env(ToyEnv(spaces.Dict({"mission": spaces.Text(5)})), _config())
     with pytest.raises(UserError, match="action space"):
         wrap_env(ToyEnv(spaces.Box(-1, 1, (2,)), spaces.MultiDiscrete([2, 3])), _config())
