@@ -12,6 +12,7 @@ from torch_dreamer.agent import dists
 from torch_dreamer.agent.behavior import ActorCritic
 from torch_dreamer.agent.optim import Optimizer
 from torch_dreamer.agent.world_model import WorldModel
+from torch_dreamer.errors import UserError
 
 PRECISIONS = {"32": None, "16": torch.float16, "bf16": torch.bfloat16}
 
@@ -32,10 +33,13 @@ class Agent(nn.Module):
         self.step = 0  # environment steps, for schedules; set by the run loop
 
     def _make_expl_behavior(self):
-        name = str(self.config.expl_behavior).lower()
+        from torch_dreamer.agent import expl  # exploration lives in its own module
+
+        if self.config.eval_policy not in ("task", "explore"):
+            raise UserError(f"eval_policy must be task or explore, not '{self.config.eval_policy}'")
+        name = expl.canonical_name(self.config.expl_behavior)  # any case, official class names too
         if name == "greedy":
             return None
-        from torch_dreamer.agent import expl  # exploration is optional and lives in its own module
         return expl.make(name, self)
 
     @property
