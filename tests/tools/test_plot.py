@@ -111,7 +111,7 @@ def test_aggregate_finals_hand_computed():
 def test_other_suites_get_mean_and_median_of_raw_scores():
     finals = {("dmc_a", "m"): (1e4, np.array([100.0, 300.0])), ("dmc_b", "m"): (1e4, np.array([900.0]))}
     (row,) = A.aggregate_finals(finals, {}, reps=0)
-    assert row["suite"] == "other"
+    assert row["suite"] == "dmc"
     assert row["mean"][0] == pytest.approx(550) and row["median"][0] == pytest.approx(550)
 
 

@@ -165,6 +165,11 @@ def aggregate_curve(method: str, by_task: dict[str, list[Run]], baselines, stat:
     return Curve(method, grid[valid], line, seeds, len(tasks))
 
 
+def suite_of(task: str) -> str:
+    """The suite prefix of an official task name: atari_pong -> atari, dmc_walker_walk -> dmc."""
+    return task.split("_", 1)[0]
+
+
 def common_tasks(by_method: dict[str, dict]) -> dict[str, dict]:
     """Restrict every method to the tasks all methods have, so aggregates compare like with like
     (our three games against the official 55 are scored on those three). Disjoint sets stay as they are."""
@@ -218,7 +223,7 @@ def aggregate_finals(finals, baselines, agents=(), reps=2000, seed=0) -> list[di
     steps: dict[tuple[str, str], list[float]] = {}
     for (task, method), (step, values) in finals.items():
         if len(values):
-            suite = "atari" if task.startswith("atari_") else "other"
+            suite = suite_of(task)
             by_suite.setdefault(suite, {}).setdefault(method, {})[task] = values
             steps.setdefault((suite, method), []).append(step)
     for suite, methods in sorted(by_suite.items()):

@@ -109,6 +109,8 @@ def run(args) -> int:
     if not loaded.runs:
         raise UserError(f"no run under {' '.join(args.indir)} has '{args.yaxis}' values yet")
     runs = bin_runs(filter_runs(loaded.runs, args.tasks, args.methods), args.bins)
+    if not runs:
+        raise UserError(f"the selected runs have no finite '{args.yaxis}' values")
     tasks = sorted({r.task for r in runs})
     chosen = select_baselines(loaded.baselines, args.baselines, tasks)
     names = sorted({m for scores in chosen.values() for m in scores}, key=_baseline_order)
@@ -178,7 +180,9 @@ class Panel:
 
 
 def pretty(task: str) -> str:
-    return task.replace("_", " ").title()
+    """atari_ms_pacman -> Atari Ms Pacman, dmc_walker_walk -> DMC Walker Walk."""
+    suite, _, rest = task.partition("_")
+    return f"{report.SUITE_NAMES.get(suite, suite.capitalize())} {rest.replace('_', ' ').title()}".strip()
 
 
 def make_line(label: str, xs, ys: np.ndarray, agg: str) -> Line:
@@ -205,13 +209,15 @@ def task_panels(runs, chosen, agg: str) -> list[Panel]:
 
 
 def expand_add(add: list[str], tasks: list[str]) -> list[str]:
-    """'auto': the Atari human-normalised panels when Atari runs are present, mean/median for other suites."""
+    """'auto': the Atari human-normalised panels when Atari runs are present, mean and median when another
+    suite has two or more tasks."""
+    suites = [agg_lib.suite_of(t) for t in tasks]
     names = []
     for name in add:
         if name == "auto":
-            if any(t.startswith("atari_") for t in tasks):
+            if "atari" in suites:
                 names += list(agg_lib.ATARI_STATS)
-            if sum(not t.startswith("atari_") for t in tasks) > 1:
+            if any(suites.count(s) > 1 for s in set(suites) - {"atari"}):
                 names += ["mean", "median"]
         elif name != "none":
             names.append(name)
@@ -219,28 +225,36 @@ def expand_add(add: list[str], tasks: list[str]) -> list[str]:
 
 
 def extra_panels(runs, baselines, rows, add: list[str], agg: str) -> list[Panel]:
-    tasks = sorted({r.task for r in runs})
     panels = []
-    for stat in expand_add(add, tasks):
+    for stat in expand_add(add, sorted({r.task for r in runs})):
         if stat == "seeds":
             lines = [Line(c.method, c.xs, c.line, step=True) for c in agg_lib.seed_count_curves(runs)]
             panels.append(Panel(agg_lib.LABELS["seeds"], lines, task=False))
             continue
-        kind, _ = agg_lib.STATS[stat]
-        # Normalised stats only make sense on the suite that has reference scores (Atari).
-        mine = [r for r in runs if (kind is not None) == r.task.startswith("atari_")]
-        curves = agg_lib.aggregate_curves(mine, baselines, stat)
-        if not curves:
-            continue
-        lines = [make_line(c.method, c.xs, c.seeds, agg) for c in curves]
-        for line, curve in zip(lines, curves, strict=True):
-            line.ys = curve.line
-        # Published agents' aggregates, as horizontal lines, e.g. Rainbow's gamer median of 1.47.
-        hlines = {r["method"]: r[stat][0] for r in rows if r.get("published") and r.get(stat)}
-        ntasks = max(c.tasks for c in curves)
-        title = f"{agg_lib.LABELS[stat]} ({ntasks} task{'s' if ntasks > 1 else ''})"
-        panels.append(Panel(title, lines, hlines, task=False))
+        # Normalised stats need reference scores (Atari); raw means are taken per suite, never across suites.
+        normalised = agg_lib.STATS[stat][0] is not None
+        suites = ["atari"] if normalised else sorted({agg_lib.suite_of(r.task) for r in runs} - {"atari"})
+        for suite in suites:
+            mine = [r for r in runs if agg_lib.suite_of(r.task) == suite]
+            panel = aggregate_panel(mine, baselines, rows, stat, agg, "" if normalised else suite)
+            if panel is not None:
+                panels.append(panel)
     return panels
+
+
+def aggregate_panel(runs, baselines, rows, stat: str, agg: str, suite: str) -> Panel | None:
+    curves = agg_lib.aggregate_curves(runs, baselines, stat)
+    if not curves:
+        return None
+    lines = [make_line(c.method, c.xs, c.seeds, agg) for c in curves]
+    for line, curve in zip(lines, curves, strict=True):
+        line.ys = curve.line
+    # Published agents' aggregates, as horizontal lines, e.g. Rainbow's gamer median of 1.47.
+    hlines = {r["method"]: r[stat][0] for r in rows if r.get("published") and r.get(stat)}
+    ntasks = max(c.tasks for c in curves)
+    name = f"{report.SUITE_NAMES.get(suite, suite.capitalize())} " if suite else ""
+    title = f"{name}{agg_lib.LABELS[stat]} ({ntasks} task{'s' if ntasks > 1 else ''})"
+    return Panel(title, lines, hlines, task=False)
 
 
 # -------------------------------------------------------------------------------------------- drawing

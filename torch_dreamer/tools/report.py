@@ -8,6 +8,8 @@ import numpy as np
 
 from torch_dreamer.tools.aggregate import LABELS
 
+SUITE_NAMES = {"dmc": "DMC", "atari": "Atari", "minigrid": "MiniGrid", "minihack": "MiniHack"}
+
 
 def fmt_num(x) -> str:
     """Few digits for a terminal: 20193, 21.4, 2.14; '-' for missing."""
@@ -74,8 +76,11 @@ def aggregate_report(rows: list[dict], reps: int) -> str:
         if suite == "atari":
             title = "Atari final scores, human-normalised"
         else:
-            title = "Final scores (raw returns; mean and median over tasks)"
-        title += f"; [95% CI]: percentile bootstrap, {reps} resamples of runs within each task"
+            title = (
+                f"{SUITE_NAMES.get(suite, suite.capitalize())} final scores (raw returns; mean and median over tasks)"
+            )
+        if reps > 0:
+            title += f"; [95% CI]: percentile bootstrap, {reps} resamples of runs within each task"
         blocks.append(title + "\n" + format_table(header, body))
     return "\n\n".join(blocks)
 

@@ -81,7 +81,7 @@ def run_from_metrics(path: Path, root: Path, xaxis: str, yaxis: str) -> tuple[Ru
         raise UserError(f"{path}: expected the layout task/method/seed/**/metrics.jsonl under {root}")
     task, method, seed = parts[:3]
     rows = read_metrics(path)
-    points = [(r[xaxis], r[yaxis]) for r in rows if xaxis in r and yaxis in r and r[yaxis] is not None]
+    points = [(r[xaxis], r[yaxis]) for r in rows if _number(r.get(xaxis)) and _number(r.get(yaxis))]
     if not points:
         keys = sorted({k for r in rows for k in r} - {xaxis})
         shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none"
@@ -89,6 +89,10 @@ def run_from_metrics(path: Path, root: Path, xaxis: str, yaxis: str) -> tuple[Ru
         return None, note
     xs, ys = np.array(points, dtype=float).T
     return Run(task, method, seed, xs, ys, str(path)), None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_json(path: Path):
@@ -116,8 +120,11 @@ def runs_from_list(data: list, path: Path) -> list[Run]:
     """Runs from an official-format list; precomputed `stats_*` entries are not tasks and are dropped."""
     runs = []
     for i, item in enumerate(data):
-        xs = np.asarray(item["xs"], dtype=float)
-        ys = np.asarray([np.nan if y is None else y for y in item["ys"]], dtype=float)
+        try:
+            xs = np.asarray(item["xs"], dtype=float)
+            ys = np.asarray([np.nan if y is None else y for y in item["ys"]], dtype=float)
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: entry {i} ({item['task']}): xs and ys must be lists of numbers") from None
         if xs.shape != ys.shape or xs.ndim != 1:
             raise UserError(f"{path}: entry {i} ({item['task']}) has xs and ys of different lengths")
         if str(item["task"]).startswith(SKIP_TASK_PREFIX):
@@ -139,11 +146,14 @@ def check_baselines(data: dict, path: Path) -> dict[str, dict[str, float]]:
 
 def add_run(loaded: Loaded, run: Run) -> None:
     """Keep the first of two runs with the same task/method/seed (e.g. a runs.json written inside --indir)."""
-    first = loaded.sources.setdefault((run.task, run.method, run.seed), run.source)
-    if first != run.source:
-        loaded.notes.append(f"{run.name} in {run.source} repeats the run in {first}; skipped")
-    else:
-        loaded.runs.append(run)
+    key = (run.task, run.method, run.seed)
+    if key in loaded.sources:
+        note = f"{run.source}: skipped the runs already read from {loaded.sources[key]}"
+        if note not in loaded.notes:
+            loaded.notes.append(note)
+        return
+    loaded.sources[key] = run.source
+    loaded.runs.append(run)
 
 
 def load_json_file(path: Path, loaded: Loaded, explicit: bool, quiet: bool = False) -> bool:
@@ -322,10 +332,12 @@ def bin_xy(xs, ys, size: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bin_runs(runs: list[Run], bins: float | None = -1) -> list[Run]:
+    """Bin every run; runs left without a finite point (all values null) are dropped."""
     out = []
     for run in runs:
         xs, ys = bin_xy(run.xs, run.ys, bin_size_for(run.task, bins))
-        out.append(Run(run.task, run.method, run.seed, xs, ys, run.source))
+        if len(xs):
+            out.append(Run(run.task, run.method, run.seed, xs, ys, run.source))
     return out
 
 
