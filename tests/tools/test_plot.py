@@ -304,3 +304,32 @@ def test_table_prints_final_scores_at_a_common_step(tmp_path, capsys):
     assert plot.main(["--indir", str(tmp_path), "--table", "--baselines", "random"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("atari_pong"))
     assert line.split()[:6] == ["atari_pong", "2M", "20.0", "(1)", "2.00", "(1)"] and "-20.7" in line
+
+
+def test_suites_are_aggregated_separately():
+    finals = {("dmc_a", "m"): (1e4, np.array([100.0])), ("crafter_reward", "m"): (1e4, np.array([10.0]))}
+    rows = A.aggregate_finals(finals, {}, reps=0)
+    assert sorted((r["suite"], r["mean"][0]) for r in rows) == [("crafter", 10.0), ("dmc", 100.0)]
+
+
+def test_bad_run_files_and_null_values(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"task": "atari_pong", "method": "m", "seed": 0, "xs": ["a"], "ys": [1]}]))
+    with pytest.raises(UserError, match="lists of numbers"):
+        S.load_inputs([bad])
+    nulls = tmp_path / "nulls.json"
+    nulls.write_text(json.dumps([{"task": "atari_pong", "method": "m", "seed": 0, "xs": [1e6], "ys": [None]}]))
+    assert plot.main(["--indir", str(nulls), "--table"]) == 2
+    assert "no finite 'eval_return'" in capsys.readouterr().err
+    # The same file given twice is read once.
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"task": "atari_pong", "method": "m", "seed": 0, "xs": [1e6], "ys": [1.0]}]))
+    assert len(S.load_inputs([good, good]).runs) == 1
+
+
+def test_table_at_a_given_step_and_help(tmp_path, capsys):
+    write_run(tmp_path, "dmc_walker_walk", "m", 0, [{"step": s * 1e4, "eval_return": float(s)} for s in range(1, 9)])
+    assert plot.main(["--indir", str(tmp_path), "--table", "--step", "5e4"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("dmc_walker_walk"))
+    assert line.split()[:4] == ["dmc_walker_walk", "50k", "5.00", "(1)"]
+    assert plot.main(["--help"]) == 0
