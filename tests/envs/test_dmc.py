@@ -65,3 +65,26 @@ def test_episode_end_is_truncation_with_action_repeat(h, closing):
             break
     assert step == 500 and truncated
     assert 0.0 <= reward <= 2.0  # the sum of two rewards in [0, 1]
+
+
+def test_camera_from_config(h, closing):
+    env = make_env(h.make_config("dmc_vision", task="dmc_cartpole_balance", dmc_camera=1, render_size=[16, 16]))
+    closing(env)
+    assert env.unwrapped._camera == 1
+    h.check_env(env, steps=1, image=(16, 16, 3))
+
+
+def test_gl_backend_choice(monkeypatch):
+    from torch_dreamer.envs import dmc
+
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    assert dmc.choose_gl_backend() == "glfw"  # the user's choice wins
+    monkeypatch.delenv("MUJOCO_GL")
+    monkeypatch.setattr(dmc, "_cuda_visible", lambda: False)
+    assert dmc.choose_gl_backend() == "osmesa"
+    monkeypatch.delenv("MUJOCO_GL")
+    monkeypatch.setattr(dmc, "_cuda_visible", lambda: True)
+    assert dmc.choose_gl_backend() == "egl"
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert dmc._cuda_visible() is False  # hidden GPUs do not count

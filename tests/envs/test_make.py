@@ -140,3 +140,8 @@ def test_vector_env_errors(h):
         make_vector_env(h.make_config("gym_vector", envs_parallel="thread"), "train", 2, 0)
     with pytest.raises(UserError, match="unknown task"):
         make_vector_env(h.make_config("gym_vector", task="nope_x"), "train", 2, 0)
+
+
+def test_gym_module_prefix_imports_the_registering_module(h):
+    env = make_env(h.make_config("gym_vector", task="gym_gymnasium.envs.classic_control:CartPole-v1"))
+    assert env.observation_space["vector"].shape == (4,)

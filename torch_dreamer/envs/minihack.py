@@ -51,8 +51,14 @@ def make_minihack(env_id: str, config, seed: int) -> gymnasium.Env:
         raise UserError(f"minihack_obs must be one of {', '.join(OBS_KEYS)}, got '{config.minihack_obs}'")
     # No ttyrec recordings: NLE would otherwise create nle_data/ in the working directory.
     # Each NLE instance already runs its game in a private temporary directory.
+    # The env checker is off because NLE knowingly reuses its observation arrays; the
+    # adapter copies them.
     env = gymnasium.make(
-        env_id, observation_keys=OBS_KEYS[config.minihack_obs], save_ttyrec_every=0, savedir=None
+        env_id,
+        observation_keys=OBS_KEYS[config.minihack_obs],
+        save_ttyrec_every=0,
+        savedir=None,
+        disable_env_checker=True,
     )
     return MiniHackAdapter(env, config.minihack_obs)
 
