@@ -108,8 +108,11 @@ def make_vector_env(config, mode: str = "train", num_envs: int | None = None, se
     fns = [functools.partial(make_env, config, mode, seed + i) for i in range(num_envs)]
     if num_envs == 1 and config.envs_parallel == "none":
         return gymnasium.vector.SyncVectorEnv(fns)
-    _preload_fork_server(split_task(config.task)[0])
-    return gymnasium.vector.AsyncVectorEnv(fns, context=MP_CONTEXT)
+    # forkserver exists on Linux and macOS; elsewhere spawn is the safe choice.
+    context = MP_CONTEXT if MP_CONTEXT in multiprocessing.get_all_start_methods() else "spawn"
+    if context == "forkserver":
+        _preload_fork_server(split_task(config.task)[0])
+    return gymnasium.vector.AsyncVectorEnv(fns, context=context)
 
 
 def _preload_fork_server(suite: str) -> None:
@@ -118,8 +121,6 @@ def _preload_fork_server(suite: str) -> None:
     Workers re-run the main module's imports; with these already loaded that costs nothing.
     Only the first call in a process takes effect, as the server then keeps running.
     """
-    if MP_CONTEXT != "forkserver":
-        return
     if suite == "dmc":
         from torch_dreamer.envs.dmc import choose_gl_backend
 
