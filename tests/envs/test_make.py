@@ -112,11 +112,13 @@ def test_async_dict_observations_and_autoreset(h):
         assert obs["image"].shape == (2, 64, 64, 3) and obs["image"].dtype == np.uint8
         assert obs["direction"].shape == (2,) and obs["direction"].dtype == np.float32
         for _ in range(3):
-            obs, reward, terminated, truncated, _ = envs.step(np.zeros(2, np.int64))
+            obs, reward, terminated, truncated, info = envs.step(np.zeros(2, np.int64))
         assert truncated.all() and not terminated.any()
-        # NEXT_STEP autoreset: the step after the end returns reset observations, reward 0.
+        # SAME_STEP autoreset: the done step returns the next episode's first observation and
+        # keeps the last one in info["final_obs"].
+        assert len(info["final_obs"]) == 2 and info["final_obs"][0]["image"].shape == (64, 64, 3)
         obs, reward, terminated, truncated, _ = envs.step(np.zeros(2, np.int64))
-        assert not truncated.any() and (reward == 0).all()
+        assert not truncated.any()
     finally:
         envs.close()
 

@@ -91,12 +91,16 @@ def make_gym(env_id: str) -> gymnasium.Env:
         raise UserError(f"cannot make gymnasium env '{env_id}': {message}{hint}") from None
 
 
+AUTORESET = gymnasium.vector.AutoresetMode.SAME_STEP
+
+
 def make_vector_env(config, mode: str = "train", num_envs: int | None = None, seed: int | None = None):
     """`num_envs` contract envs (default `config.envs`), copy i seeded `seed + i`.
 
     SyncVectorEnv for one env in this process; AsyncVectorEnv (worker processes) when
     `envs_parallel == "process"` or more than one env. Both use gymnasium's default
-    NEXT_STEP autoreset: the step after a done returns the reset observation.
+    SAME_STEP autoreset: a done step returns the next episode's first observation and puts the
+    last one in `info["final_obs"]`, so the driver never spends a policy call on a reset.
     """
     num_envs = int(config.envs if num_envs is None else num_envs)
     if num_envs < 1:
@@ -107,12 +111,12 @@ def make_vector_env(config, mode: str = "train", num_envs: int | None = None, se
     seed = int(config.seed if seed is None else seed)
     fns = [functools.partial(make_env, config, mode, seed + i) for i in range(num_envs)]
     if num_envs == 1 and config.envs_parallel == "none":
-        return gymnasium.vector.SyncVectorEnv(fns)
+        return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=AUTORESET)
     # forkserver exists on Linux and macOS; elsewhere spawn is the safe choice.
     context = MP_CONTEXT if MP_CONTEXT in multiprocessing.get_all_start_methods() else "spawn"
     if context == "forkserver":
         _preload_fork_server(split_task(config.task)[0])
-    return gymnasium.vector.AsyncVectorEnv(fns, context=context)
+    return gymnasium.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=AUTORESET)
 
 
 def _preload_fork_server(suite: str) -> None:
