@@ -98,7 +98,7 @@ def make_vector_env(config, mode: str = "train", num_envs: int | None = None, se
     """`num_envs` contract envs (default `config.envs`), copy i seeded `seed + i`.
 
     SyncVectorEnv for one env in this process; AsyncVectorEnv (worker processes) when
-    `envs_parallel == "process"` or more than one env. Both use gymnasium's default
+    `envs_parallel == "process"` or more than one env. Both use (not gymnasium's default)
     SAME_STEP autoreset: a done step returns the next episode's first observation and puts the
     last one in `info["final_obs"]`, so the driver never spends a policy call on a reset.
     """
