@@ -23,6 +23,8 @@ CONFIGS_FILE = pathlib.Path(__file__).with_name("configs.yaml")
 # The official type check rejects schedule strings for these; we accept them.
 SCHEDULE_KEYS = ("actor_ent", "actor_grad_mix", "expl_intr_scale", "expl_extr_scale")
 SCHEDULE_PATTERN = re.compile(r"^(linear|warmup|exp|horizon)\(.*\)$")
+# Keys with a numeric default that also take these words (`precision: 32 | 16 | bf16`).
+WORD_CHOICES = {"precision": ("bf16",)}
 
 
 class _Loader(yaml.SafeLoader):
@@ -208,6 +210,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         except ValueError:
             pass
         raise UserError(f"config key '{key}' takes a number or a schedule like linear(a,b,n), not {value!r}")
+    if leaf in WORD_CHOICES and isinstance(value, str) and value.strip() in WORD_CHOICES[leaf]:
+        return value.strip()
     try:
         return _convert(value, default)
     except (ValueError, TypeError):
