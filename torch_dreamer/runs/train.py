@@ -42,6 +42,7 @@ class Trainer:
         self.eval_store = EpisodeStore(self.logdir / "eval_episodes", config.replay.capacity / 10, config.dataset.length)
         self.step = self.train_store.total_steps  # resumes from the episode files, as the official does
         self.updates = 0
+        self._next_expl = 0  # the step from which the explore policy acts next (expl_every)
         self.logger = Logger(self.logdir, config.action_repeat,
                              default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty()))
         self.metrics = MetricsAverager()
@@ -56,15 +57,26 @@ class Trainer:
 
     # ----- policies -----
 
-    def policy(self, mode: str):
+    def policy(self, mode):
+        """mode: a policy mode, or a function returning one, asked at every call (expl_every)."""
         def act(obs, state):
-            action, state = self.agent.policy(obs, state, mode)
+            action, state = self.agent.policy(obs, state, mode() if callable(mode) else mode)
             return action.cpu().numpy(), state
         return act
 
     def train_mode(self) -> str:
-        expl_until = self.config.expl_until / self.config.action_repeat  # given in frames, as in train.py
-        return "explore" if self.step < expl_until else "train"
+        """explore while step < expl_until (frames; 0 = no end, the official Until(0)), then train,
+        or, with expl_every N > 0, explore on one policy call every N agent steps."""
+        config = self.config
+        expl_until = config.expl_until / config.action_repeat  # given in frames, as in train.py
+        if expl_until and self.step < expl_until:
+            return "explore"
+        if config.expl_every > 0:
+            if self.step >= self._next_expl:
+                self._next_expl = self.step + int(config.expl_every)
+                return "explore"
+            return "train"
+        return "train" if expl_until else "explore"
 
     # ----- callbacks -----
 
@@ -195,7 +207,7 @@ class Trainer:
                     self.train_once()
             while self.step < steps:
                 self.evaluate()
-                self.train_driver(self.policy(self.train_mode()), steps=min(int(config.eval_every), steps - self.step))
+                self.train_driver(self.policy(self.train_mode), steps=min(int(config.eval_every), steps - self.step))
                 self.save()
             self.evaluate()
         except KeyboardInterrupt:
