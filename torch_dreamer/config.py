@@ -289,7 +289,10 @@ def _is_number(text: str) -> bool:
 
 
 def _flag_value(key: str, values: list[str], config: Config):
-    targets = [key] if key in config.flat else [t for t in config.flat if _looks_like_regex(key) and re.fullmatch(key, t)]
+    try:
+        targets = [key] if key in config.flat else [t for t in config.flat if _looks_like_regex(key) and re.fullmatch(key, t)]
+    except re.error:
+        targets = []  # Config.update reports the invalid regex as a UserError
     default = config.flat[targets[0]] if targets else None
     if isinstance(default, (list, tuple)):
         parsed = []
