@@ -115,10 +115,12 @@ class WorldModel(nn.Module):
         post, _ = self.rssm.observe(embed[:observed], data["action"][:observed], data["is_first"][:observed])
         decoder = self.heads["decoder"]
         recon = decoder(self.rssm.feat(post))[key].mode
-        init = {k: v[-1] for k, v in post.items()}
-        prior = self.rssm.imagine(data["action"][observed:], init)
-        openl = decoder(self.rssm.feat(prior))[key].mode if data["action"].shape[0] > observed else recon[:0]
-        model = torch.cat([recon, openl], 0) + 0.5
+        model = recon
+        if data["action"].shape[0] > observed:
+            prior = self.rssm.imagine(data["action"][observed:], {k: v[-1] for k, v in post.items()})
+            model = torch.cat([recon, decoder(self.rssm.feat(prior))[key].mode], 0)
+        model = model + 0.5
+        truth = truth[: model.shape[0]]
         error = (model - truth + 1) / 2
         video = torch.cat([truth, model, error], 2).clamp(0, 1)                 # (T, N, 3H, W, C)
         T, N, H, W, C = video.shape
