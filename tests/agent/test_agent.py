@@ -82,7 +82,9 @@ def test_policy_modes_and_shapes(tiny, space):
     torch.manual_seed(2)
     a2, s2 = agent.policy(obs, None, "eval")
     assert torch.equal(a1, a2) and torch.equal(s1[0]["stoch"], s2[0]["stoch"])
-    # Without an exploration behaviour, explore samples from the task actor like train.
+    # Without an exploration behaviour, explore samples from the task actor like train (with
+    # eval_state_mean off: with it on, explore takes the posterior mean and train samples it).
+    agent = _agent(tiny, space, *IMAGE_ONLY)
     torch.manual_seed(3)
     a_train, _ = agent.policy(obs, None, "train")
     torch.manual_seed(3)

@@ -43,7 +43,8 @@ def test_gru_gates_with_update_bias_minus_one():
 
 def test_gru_layernorm_over_fused_gates_by_hand():
     cell = GRUCell(inp=1, size=1, norm=True)
-    assert cell.linear.bias is None  # LayerNorm follows the fused Dense
+    # The official Dense keeps its bias (use_bias=norm is not None is always true); zeros at init.
+    assert cell.linear.bias is not None and cell.linear.bias.abs().sum() == 0
     assert cell.norm.eps == pytest.approx(1e-3)  # Keras LayerNormalization epsilon
     assert cell.norm.weight.tolist() == [1.0, 1.0, 1.0] and cell.norm.bias.tolist() == [0.0, 0.0, 0.0]
     with torch.no_grad():

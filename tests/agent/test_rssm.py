@@ -232,6 +232,21 @@ def test_ensemble_prior_uses_one_member_for_the_batch():
     assert picked == {0, 1, 2}
 
 
+def test_ensemble_prior_over_a_sequence_picks_a_member_per_step():
+    rssm = _rssm(ensemble=3)
+    T = 16
+    deter = torch.randn(T, 4, 6)
+    members = [rssm._stats(member(deter))["logit"] for member in rssm.img_out]
+    torch.manual_seed(0)
+    logit = rssm._prior_stats(deter, steps=T)["logit"]
+    picked = []
+    for t in range(T):
+        matches = [k for k, m in enumerate(members) if torch.allclose(logit[t], m[t])]
+        assert len(matches) == 1  # the whole batch shares the step's member
+        picked.append(matches[0])
+    assert len(set(picked)) > 1  # but the member changes from step to step, as in the official scan
+
+
 def test_imagine_rolls_the_prior():
     rssm = _rssm()
     torch.manual_seed(0)

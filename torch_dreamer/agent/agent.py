@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ class Agent(nn.Module):
         self.task_behavior = ActorCritic(config, self.wm.rssm.feat_size, act_dim, discrete)
         self.expl_behavior = self._make_expl_behavior()
         self.step = 0  # environment steps, for schedules; set by the run loop
+        self._compiled = self._compile_hot_paths() if config.jit else []
 
     def _make_expl_behavior(self):
         from torch_dreamer.agent import expl  # exploration lives in its own module
@@ -41,6 +43,30 @@ class Agent(nn.Module):
         if name == "greedy":
             return None
         return expl.make(name, self)
+
+    def _compile_hot_paths(self) -> list:
+        """torch.compile the modules called every scan step; compiled in place, so checkpoints keep their keys."""
+        rssm = self.wm.rssm
+        hot = [self.wm.encoder, self.wm.heads["decoder"], rssm.img_in, rssm.gru, rssm.obs_post, *rssm.img_out,
+               self.task_behavior.actor, self.task_behavior.critic]
+        for module in hot:
+            module.compile()
+        return hot
+
+    def _run(self, fn, *args):
+        """Calls fn; if torch.compile fails on this platform, warns once and falls back to eager mode."""
+        if not self._compiled:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as error:  # compiler errors vary by platform and backend
+            if "torch._dynamo" not in type(error).__module__ and "inductor" not in str(type(error)):
+                raise
+            warnings.warn(f"torch.compile failed ({type(error).__name__}); running eagerly (--jit False)")
+            for module in self._compiled:
+                module._compiled_call_impl = None
+            self._compiled = []
+            return fn(*args)
 
     @property
     def device(self):
@@ -54,12 +80,15 @@ class Agent(nn.Module):
 
     # ----- acting -----
 
-    @torch.no_grad()
     def policy(self, obs: dict, state=None, mode: str = "train"):
         """One action per environment. obs: {key: (B, ...)} tensors incl. is_first (B,).
 
         state: (latent, previous action) or None. Returns (action (B, A) float, new state).
         """
+        return self._run(self._policy, obs, state, mode)
+
+    @torch.no_grad()
+    def _policy(self, obs: dict, state, mode: str):
         obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         batch = obs["is_first"].shape[0]
         if state is None:
@@ -81,6 +110,8 @@ class Agent(nn.Module):
             else:
                 raise ValueError(f"policy mode must be train, eval or explore, not '{mode}'")
         action = self._action_noise(action.float(), noise)
+        if self.discrete:  # drop the straight-through round-off (onehot + p - p) from acted actions
+            action = torch.nn.functional.one_hot(action.argmax(-1), self.act_dim).float()
         return action, (latent, action)
 
     def _eval_actor(self):
@@ -100,6 +131,9 @@ class Agent(nn.Module):
 
     def train_step(self, data: dict, state: dict | None = None) -> dict:
         """One world-model update, then one actor-critic update. data: {key: (T, B, ...)} on the device."""
+        return self._run(self._train_step, data, state)
+
+    def _train_step(self, data: dict, state: dict | None) -> dict:
         self.task_behavior.step = self.step
         with self.autocast():
             model_loss, post, metrics, kl_value = self.wm.loss(data, state)

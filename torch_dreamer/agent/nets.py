@@ -119,7 +119,7 @@ class GRUCell(nn.Module):
     def __init__(self, inp: int, size: int, norm: bool = True, update_bias: float = -1.0):
         super().__init__()
         self.size, self.update_bias = size, update_bias
-        self.linear = nn.Linear(inp + size, 3 * size, bias=not norm)
+        self.linear = nn.Linear(inp + size, 3 * size)  # the official Dense keeps its bias under LayerNorm
         self.norm = nn.LayerNorm(3 * size, eps=1e-3) if norm else nn.Identity()
         glorot_(self)
 

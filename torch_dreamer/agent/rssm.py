@@ -70,13 +70,20 @@ class RSSM(nn.Module):
         dist = self.dist(stats)
         return dist.rsample() if sample else dists.mode(dist)
 
-    def _prior_stats(self, deter: torch.Tensor) -> dict:
+    def _prior_stats(self, deter: torch.Tensor, steps: int = 0) -> dict:
+        """Prior statistics from one random ensemble member per step, shared by the batch.
+
+        deter is (B, D) for one step, or (T, B, D) with steps=T for a whole sequence at once.
+        """
         if self.ensemble == 1:
             return self._stats(self.img_out[0](deter))
-        # One member for the whole batch each step, picked on-device so no host sync is needed.
-        stacked = torch.stack([member(deter) for member in self.img_out])
-        index = torch.randint(self.ensemble, (1,), device=deter.device)
-        return self._stats(stacked.index_select(0, index)[0])
+        stacked = torch.stack([member(deter) for member in self.img_out])       # (K, [T,] B, S)
+        # Picked on-device so no host sync is needed.
+        index = torch.randint(self.ensemble, (max(steps, 1),), device=deter.device)
+        if not steps:
+            return self._stats(stacked.index_select(0, index)[0])
+        index = index.view(1, steps, *[1] * (stacked.dim() - 2)).expand(1, *stacked.shape[1:])
+        return self._stats(stacked.gather(0, index)[0])
 
     # ----- one step -----
 
@@ -126,7 +133,7 @@ class RSSM(nn.Module):
             deters.append(deter)
         post = {key: torch.stack([p[key] for p in posts]) for key in posts[0]}
         # The prior does not feed the recurrence during observation, so all T run in one batch.
-        prior_stats = self._prior_stats(post["deter"])
+        prior_stats = self._prior_stats(post["deter"], steps=T)
         prior = {"deter": post["deter"], "stoch": self._sample(prior_stats, sample), **prior_stats}
         return post, prior
 
