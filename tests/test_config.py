@@ -187,3 +187,11 @@ def test_save_and_pickle_round_trip(tmp_path):
     loaded = resolve([]).update(config_lib.load_yaml(path))
     assert loaded.flat == c.flat
     assert pickle.loads(pickle.dumps(c)).flat == c.flat
+
+
+def test_list_flags_accept_spaces_commas_and_brackets():
+    from torch_dreamer.config import resolve
+
+    for flags in (["decoder", "reward"], ["decoder,reward"], ["[decoder,", "reward]"], ["[decoder, reward]"]):
+        assert resolve([], ["--grad_heads", *flags]).grad_heads == ["decoder", "reward"]
+    assert resolve([], ["--grad_heads", "[decoder]"]).grad_heads == ["decoder"]

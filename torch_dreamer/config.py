@@ -295,9 +295,10 @@ def _flag_value(key: str, values: list[str], config: Config):
         targets = []  # Config.update reports the invalid regex as a UserError
     default = config.flat[targets[0]] if targets else None
     if isinstance(default, (list, tuple)):
+        # Accepts `a b`, `a,b` and the YAML-style `[a, b]`.
         parsed = []
         for v in values:
-            parsed.extend(x for x in v.split(",") if x)
+            parsed.extend(x.strip() for x in v.strip("[]").split(",") if x.strip())
         return parsed
     if len(values) > 1:
         raise UserError(f"flag --{key} takes one value, got {len(values)}: {' '.join(values)}")

@@ -100,12 +100,15 @@ class ActorCritic(nn.Module):
 
     def train_step(self, world_model, start: dict, is_terminal, reward_fn, autocast) -> dict:
         """One actor and one critic update on trajectories imagined from every start state."""
+        # Reinforce gradients never flow through the imagined rollout, so it needs no autograd graph.
+        through_model = self.actor_grad in ("dynamics", "both")
         with autocast():
-            seq = world_model.imagine(self.actor, start, is_terminal, self.config.imag_horizon)
-            reward, metrics = self.rewnorm(reward_fn(seq))
-            metrics = {f"reward_{k}": v for k, v in metrics.items()}
-            seq["reward"] = reward
-            target, target_metrics = self.target(seq)
+            with torch.set_grad_enabled(through_model):
+                seq = world_model.imagine(self.actor, start, is_terminal, self.config.imag_horizon)
+                reward, metrics = self.rewnorm(reward_fn(seq))
+                metrics = {f"reward_{k}": v for k, v in metrics.items()}
+                seq["reward"] = reward
+                target, target_metrics = self.target(seq)
             actor_loss, actor_metrics = self.actor_loss(seq, target)
             critic_loss, critic_metrics = self.critic_loss(seq, target)
         metrics.update(target_metrics, **actor_metrics, **critic_metrics)
