@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from torch_dreamer.errors import UserError
+from torch_dreamer.tools.files import atomic_write
 
 CONFIGS_FILE = pathlib.Path(__file__).with_name("configs.yaml")
 
@@ -132,10 +133,8 @@ class Config(Mapping):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path) -> None:
-        path = pathlib.Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.yaml())
-        tmp.replace(path)
+        with atomic_write(path) as file:
+            file.write(self.yaml().encode())
 
     def update(self, *updates: Mapping, **kwargs) -> "Config":
         """Returns a copy with the given keys changed.

@@ -20,6 +20,8 @@ from typing import Iterable
 
 import numpy as np
 
+from torch_dreamer.tools.files import atomic_write
+
 Episode = dict[str, np.ndarray]
 
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
@@ -119,17 +121,9 @@ def save_episode(directory: str | os.PathLike, episode: Episode) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / episode_filename(eplen(episode))
-    temp = directory / f"{_TEMP_PREFIX}{path.name}.part"
-    try:
-        # A file object, not a name: np.savez_compressed would append '.npz' to a name.
-        with open(temp, "wb") as f:
-            np.savez_compressed(f, **episode)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    # A file object, not a name: np.savez_compressed would append '.npz' to a name.
+    with atomic_write(path, f"{_TEMP_PREFIX}{path.name}.part") as f:
+        np.savez_compressed(f, **episode)
     return path
 
 

@@ -17,6 +17,8 @@ import warnings
 import numpy as np
 import torch
 
+from torch_dreamer.tools.files import atomic_write
+
 from torch_dreamer.errors import UserError
 
 # Exact types: subclasses such as numpy.float64 (a float) or IntEnum pickle as their own class and are refused.
@@ -61,16 +63,8 @@ def save_checkpoint(path, payload: dict) -> None:
     _check(payload, "payload")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        torch.save(payload, file)
     _fsync_directory(path.parent)
 
 
