@@ -9,7 +9,7 @@ from torch import nn
 
 from torch_dreamer import config as config_lib
 from torch_dreamer.agent.behavior import ActorCritic
-from torch_dreamer.agent.nets import MLP, Decoder, Encoder, GRUCell, select_keys
+from torch_dreamer.agent.nets import _first_deconv, MLP, Decoder, Encoder, GRUCell, select_keys
 from torch_dreamer.agent.rssm import RSSM
 from torch_dreamer.agent.world_model import WorldModel
 
@@ -96,7 +96,12 @@ def test_decoder_cnn_sizes_1_5_13_30_64():
     out = dec(torch.zeros(3, 4, 10))
     assert set(out) == {"image"}
     assert out["image"].mean.shape == (3, 4, 64, 64, 1)
-    assert [s[1:] for s in shapes] == [(192, 5, 5), (96, 13, 13), (48, 30, 30), (1, 64, 64)]
+    # The first transposed conv runs as a matmul on its 1x1 input (see _first_deconv); the rest as convs.
+    assert [s[1:] for s in shapes] == [(96, 13, 13), (48, 30, 30), (1, 64, 64)]
+    x = torch.randn(5, 1536)
+    first = _first_deconv(dec.cnn[0], x)
+    assert first.shape == (5, 192, 5, 5)
+    assert torch.allclose(first, dec.cnn[0](x.reshape(5, 1536, 1, 1)), atol=1e-5)
     assert dec.cnn_in.out_features == 1536
     # The last transposed conv is linear; the others are followed by ELU.
     assert not isinstance(dec.cnn[-1], nn.ELU) and isinstance(dec.cnn[-1], nn.ConvTranspose2d)
