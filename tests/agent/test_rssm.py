@@ -93,6 +93,17 @@ def test_kl_balance_half_is_plain_kl():
     assert torch.allclose(prior["logit"].grad, grad_kl_prior / 2, atol=1e-6)
 
 
+def test_kl_balance_half_clips_per_element_even_with_free_avg():
+    # The official plain-KL branch takes mean(max(KL, free)) regardless of free_avg.
+    rssm = _rssm()
+    post, prior = _states()
+    kls, _, _ = _by_hand()
+    assert min(kls) < max(kls)
+    free = (min(kls) + max(kls)) / 2  # between the per-step KL values
+    loss, _ = rssm.kl_loss(post, prior, balance=0.5, free=free, free_avg=True)
+    assert loss.item() == pytest.approx(sum(max(k, free) for k in kls) / len(kls), abs=1e-6)
+
+
 def test_kl_forward_swaps_sides():
     # forward=True: 0.8 KL(prior || sg post) + 0.2 KL(sg prior || post); the value is KL(prior || post).
     rssm = _rssm()

@@ -158,8 +158,8 @@ class RSSM(nn.Module):
         mix = balance if forward else (1 - balance)
         if balance == 0.5:
             value = kld(self.dist(lhs), self.dist(rhs))
-            loss = _free(value, free, free_avg)
-            return loss, value
+            # The official plain-KL branch always clips per element, whatever free_avg says.
+            return _free(value, free, free_avg=False), value
         value_lhs = value = kld(self.dist(lhs), self.dist(sg(rhs)))
         value_rhs = kld(self.dist(sg(lhs)), self.dist(rhs))
         loss = mix * _free(value_lhs, free, free_avg) + (1 - mix) * _free(value_rhs, free, free_avg)
