@@ -31,7 +31,8 @@ def test_two_adam_steps_with_clipping_and_weight_decay_by_hand():
     for i, w0 in enumerate([1.0, -2.0]):
         decayed = (1 - 0.1) * w0                                  # w <- (1 - wd) w before the step
         m_hat, v_hat = m[i] / (1 - B1), v[i] / (1 - B2)
-        w1.append(decayed - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-5))
+        # Keras adds eps to the uncorrected sqrt(v): eps / sqrt(1 - beta2^t) after bias correction.
+        w1.append(decayed - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-5 / math.sqrt(1 - B2)))
     assert w.tolist() == pytest.approx(w1, abs=1e-6)
     # Step 2: grad [-1, 0] (norm 1, not clipped).
     opt((torch.tensor([-1.0, 0.0]) * w).sum())
@@ -41,7 +42,7 @@ def test_two_adam_steps_with_clipping_and_weight_decay_by_hand():
         m[i] = B1 * m[i] + (1 - B1) * g2[i]
         v[i] = B2 * v[i] + (1 - B2) * g2[i] ** 2
         m_hat, v_hat = m[i] / (1 - B1 ** 2), v[i] / (1 - B2 ** 2)
-        w2.append(0.9 * w1[i] - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-5))
+        w2.append(0.9 * w1[i] - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-5 / math.sqrt(1 - B2 ** 2)))
     assert w.tolist() == pytest.approx(w2, abs=1e-6)
 
 
@@ -52,10 +53,13 @@ def test_config_optimizers_use_eps_1e5_and_wd_1e6():
         assert config[name]["clip"] == 100
     w = nn.Parameter(torch.tensor([1.0]))
     opt = Optimizer("model", [w], **{**config.model_opt.to_dict(), "lr": 0.1})
-    assert opt.opt.param_groups[0]["eps"] == pytest.approx(1e-5)
-    # A gradient equal to eps makes the first Adam step lr * g / (|g| + eps) = lr / 2.
-    opt(1e-5 * w.sum())
+    assert opt.eps == pytest.approx(1e-5)
+    # A gradient equal to the effective Keras eps of step 1, eps / sqrt(1 - beta2), makes the first
+    # Adam step lr * g / (|g| + eps_1) = lr / 2.
+    eps_1 = 1e-5 / math.sqrt(1 - B2)
+    opt(eps_1 * w.sum())
     assert w.item() == pytest.approx((1 - 1e-6) * 1.0 - 0.1 / 2, abs=1e-7)
+    assert opt.opt.param_groups[0]["eps"] == pytest.approx(eps_1)
 
 
 def test_weight_decay_applies_to_every_parameter():
@@ -83,8 +87,9 @@ def test_nonfinite_loss_skips_the_update(bad):
     assert not opt.opt.state                               # Adam's moments were never touched
     opt((torch.tensor([3.0, 4.0]) * w).sum())
     assert opt.nonfinite == 0
-    # The first real step is Adam's step 1: lr * g / (|g| + eps) after the decay.
-    assert w.tolist() == pytest.approx([0.9 - 0.1 * 3 / (3 + 1e-5), -1.8 - 0.1 * 4 / (4 + 1e-5)], abs=1e-6)
+    # The first real step is Adam's step 1: lr * g / (|g| + eps_1) after the decay.
+    eps_1 = 1e-5 / math.sqrt(1 - B2)
+    assert w.tolist() == pytest.approx([0.9 - 0.1 * 3 / (3 + eps_1), -1.8 - 0.1 * 4 / (4 + eps_1)], abs=1e-6)
 
 
 def test_no_clipping_when_clip_is_zero():
