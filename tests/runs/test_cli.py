@@ -68,7 +68,7 @@ def test_config_command_applies_configs_in_order_and_overrides(capsys):
     (["config", "--configs", "atari", "--rssm.detr", "3"], "did you mean 'rssm.deter'"),
     (["config", "--configs", "atari", "--rssm.deter", "big"], "expects int"),
     (["config", "--configs", "atary"], "unknown config 'atary'"),
-    (["train", "--logdir", "{tmp}", "--task", "atari_pongg"], "atari_pongg"),
+    (["train", "--logdir", "{tmp}", "--task", "atari_pongg"], "did you mean atari_pong"),
     (["train", "--logdir", "{tmp}", "--task", "foo_bar"], "foo_bar"),
     (["train", "--task", "gym_CartPole-v1"], "--logdir"),
     (["eval", "--logdir", "{tmp}"], "no checkpoint"),
