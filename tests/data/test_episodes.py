@@ -142,3 +142,24 @@ def test_normalize_does_not_copy_canonical_arrays(make_episode):
         warnings.simplefilter("error")
         out = eps.normalize_episode(episode)
     assert all(out[key] is episode[key] for key in episode)
+
+
+def test_episodes_of_the_same_second_keep_their_write_order(tmp_path):
+    import os
+    import time
+
+    from torch_dreamer.data import list_episodes, save_episode
+    from torch_dreamer.data.episodes import select_newest
+
+    def episode(value):
+        return {"vector": np.full((6, 2), value, np.float32), "action": np.zeros((6, 1), np.float32),
+                "reward": np.zeros(6, np.float32), "is_first": np.eye(6, dtype=bool)[0],
+                "is_last": np.eye(6, dtype=bool)[-1], "is_terminal": np.zeros(6, bool)}
+
+    first, second = save_episode(tmp_path, episode(1)), save_episode(tmp_path, episode(2))
+    # Same timestamp, uuids sorting against the write order.
+    a = first.rename(tmp_path / "20260101T000000-ffffffffffffffffffffffffffffffff-5.npz")
+    b = second.rename(tmp_path / "20260101T000000-00000000000000000000000000000000-5.npz")
+    os.utime(a, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
+    assert list_episodes(tmp_path) == [a, b]
+    assert select_newest(list_episodes(tmp_path)) == [b, a]

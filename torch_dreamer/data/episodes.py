@@ -55,7 +55,20 @@ def list_episodes(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.glob("*.npz") if not p.name.startswith(_TEMP_PREFIX))
+    return sorted((p for p in directory.glob("*.npz") if not p.name.startswith(_TEMP_PREFIX)), key=age_key)
+
+
+def age_key(path: Path) -> tuple:
+    """Sort key oldest -> newest: the name's timestamp, then the write time for files of the same second.
+
+    The uuid in the name is random, so without the write time a resumed run would reorder the
+    episodes saved within one second, and the sampler (which indexes episodes in order) with them.
+    """
+    try:
+        written = path.stat().st_mtime_ns
+    except OSError:
+        written = 0
+    return (path.name.split("-", 1)[0], written, path.name)
 
 
 def normalize_episode(episode: dict) -> Episode:
@@ -139,7 +152,7 @@ def load_episode(path: str | os.PathLike) -> Episode:
 
 
 def select_newest(paths: Iterable[Path], capacity: int | None = None, minlen: int = 1) -> list[Path]:
-    """The newest files (by name) worth loading, returned newest first.
+    """The newest files (see `age_key`) worth loading, returned newest first.
 
     Files shorter than ``minlen`` steps are skipped (they are never sampled). Selection stops once
     the selected files hold at least ``capacity`` steps; the file that crosses the limit is kept, like
@@ -147,7 +160,7 @@ def select_newest(paths: Iterable[Path], capacity: int | None = None, minlen: in
     count are kept (their length is only known after loading).
     """
     chosen, steps = [], 0
-    for path in sorted(paths, reverse=True):
+    for path in sorted(paths, key=age_key, reverse=True):
         try:
             length = parse_length(path)
         except ValueError:
