@@ -192,7 +192,9 @@ class Trainer:
     def run(self) -> dict:
         config = self.config
         steps = int(config.steps)
-        self.progress = Progress(steps, self.step, disable=not config.progress, multiplier=config.action_repeat)
+        # None lets the bar switch itself off when stdout is not a terminal (logs, CI).
+        self.progress = Progress(steps, self.step, disable=None if config.progress else True,
+                                 multiplier=config.action_repeat)
         self._eval_video_pending = False
         try:
             self.prefill()
