@@ -198,8 +198,7 @@ class Trainer:
         self._eval_video_pending = False
         try:
             self.prefill()
-            if self.train_store.loaded_episodes == 0 or not any(
-                    self.train_store.length(k) >= config.dataset.length for k in self.train_store.keys()):
+            if not self.holds_chunk(self.train_store):
                 raise UserError(f"no episode has dataset.length={config.dataset.length} steps to train on; "
                                 "lower --dataset.length or raise --prefill")
             prefetch = 0 if config.deterministic else 4
@@ -222,11 +221,14 @@ class Trainer:
             self.close()
         return {"step": self.step, "updates": self.updates, **self.last_returns}
 
+    def holds_chunk(self, store: EpisodeStore) -> bool:
+        """Whether some episode in RAM is long enough for one dataset.length chunk."""
+        return any(store.length(k) >= self.config.dataset.length for k in store.keys())
+
     def evaluate(self) -> None:
         if self.eval_driver is None or self.config.eval_eps <= 0:
             return
-        if self.eval_store.loaded_episodes and any(
-                self.eval_store.length(k) >= self.config.dataset.length for k in self.eval_store.keys()):
+        if self.holds_chunk(self.eval_store):
             eval_sampler = ChunkSampler(self.eval_store, self.config.dataset.length, False, self.step)
             batch = BatchLoader(eval_sampler, self.config.dataset.batch, self.device, prefetch=0, seed=None)
             self.logger.add(self.agent.report(next(batch)), prefix="eval")
