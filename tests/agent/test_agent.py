@@ -39,7 +39,7 @@ def _finite(metrics):
 def test_train_step_reports_official_metrics(tiny, space, batch):
     agent = _agent(tiny, space, *IMAGE_ONLY)
     torch.manual_seed(0)
-    metrics = agent.train_step(batch(T=4, B=2))
+    _, metrics = agent.train_step(batch(T=4, B=2))
     missing = [k for k in OFFICIAL_METRICS if k not in metrics]
     assert not missing
     _finite(metrics)
@@ -133,7 +133,7 @@ def test_continuous_latents_and_actions(tiny, space, batch):
     agent = _agent(tiny, space, *IMAGE_ONLY, "--rssm.discrete", "0", act_dim=2, discrete=False)
     assert agent.task_behavior.actor_grad == "dynamics"
     assert agent.wm.rssm.feat_size == 4 + 16
-    metrics = agent.train_step(batch(act_dim=2, discrete=False))
+    _, metrics = agent.train_step(batch(act_dim=2, discrete=False))
     assert not [k for k in OFFICIAL_METRICS if k not in metrics]
     _finite(metrics)
     action, (latent, _) = agent.policy(_obs(), None, "train")
@@ -146,12 +146,12 @@ def test_continuous_latents_and_actions(tiny, space, batch):
 def test_ensemble_prior(tiny, space, batch):
     agent = _agent(tiny, space, *IMAGE_ONLY, "--rssm.ensemble", "3")
     assert len(agent.wm.rssm.img_out) == 3
-    _finite(agent.train_step(batch()))
+    _finite(agent.train_step(batch())[1])
 
 
 def test_vector_observations(tiny, space, batch):
     agent = _agent(tiny, space, "--encoder.cnn_keys", "$^", "--decoder.cnn_keys", "$^", image=None, vector=5)
-    metrics = agent.train_step(batch(image=None, vector=5))
+    _, metrics = agent.train_step(batch(image=None, vector=5))
     assert "vector_loss" in metrics and "image_loss" not in metrics
     _finite(metrics)
     action, _ = agent.policy({"vector": torch.randn(2, 5), "is_first": torch.ones(2, dtype=torch.bool)})
@@ -160,7 +160,7 @@ def test_vector_observations(tiny, space, batch):
 
 def test_bf16_precision_on_cpu(tiny, space, batch):
     agent = _agent(tiny, space, *IMAGE_ONLY, "--precision", "bf16")
-    metrics = agent.train_step(batch())
+    _, metrics = agent.train_step(batch())
     _finite(metrics)
     assert all(p.dtype == torch.float32 for p in agent.parameters())   # autocast keeps fp32 weights
     action, _ = agent.policy(_obs(), None, "train")

@@ -196,7 +196,7 @@ def test_random_actor_is_uniform(discrete):
 @pytest.mark.parametrize("discrete", [True, False])
 def test_train_step_metrics_and_checkpoint_state(name, discrete):
     agent = make_agent("--expl_behavior", name, discrete=discrete)
-    metrics = agent.train_step(batch(discrete=discrete))
+    _, metrics = agent.train_step(batch(discrete=discrete))
     keys = {k for k in metrics if k.startswith("expl_")}
     if name == "random":
         assert not keys and set(agent.optimizers()) == {"model", "actor", "critic"}
@@ -262,5 +262,5 @@ def test_full_or_observation_only_reconstruction(full_recon):
     other = {**data, "reward": data["reward"] + 1.0}
     changed = not torch.allclose(latent_grads(agent, data), latent_grads(agent, other))
     assert changed == full_recon
-    metrics = agent.train_step(data)
+    _, metrics = agent.train_step(data)
     assert ("discount_loss" in metrics) == full_recon and torch.isfinite(metrics["expl_actor_loss"])

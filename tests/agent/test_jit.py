@@ -32,7 +32,7 @@ def test_compiler_failure_falls_back_to_eager(monkeypatch):
     agent = Agent(tiny_config(*FLAGS, "--jit", "True"), OBS, 3, True)
     batch = make_batch(image=None, vector=5)
     with pytest.warns(UserWarning, match="torch.compile failed"):
-        metrics = agent.train_step(batch)
+        _, metrics = agent.train_step(batch)
     assert torch.isfinite(metrics["model_loss"]) and not agent._compiled
     with warnings.catch_warnings():
         warnings.simplefilter("error")

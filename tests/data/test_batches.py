@@ -120,3 +120,22 @@ def test_mismatched_chunks_name_the_key():
     chunks = [{"image": np.zeros((3, 4, 4, 3), np.uint8)}, {"image": np.zeros((3, 8, 8, 3), np.uint8)}]
     with pytest.raises(ValueError, match="'image'"):
         stack_time_major(chunks)
+
+
+def test_mixed_keys_stack_the_common_ones():
+    """Official files carry `discount`, our MiniGrid ones `direction`: only shared keys are batched."""
+    official = {"image": np.zeros((3, 4, 4, 3), np.uint8), "discount": np.ones(3, np.float32),
+                "reward": np.zeros(3, np.float32)}
+    ours = {"reward": np.ones(3, np.float32), "direction": np.zeros(3, np.int32),
+            "image": np.ones((3, 4, 4, 3), np.uint8)}
+    batch = stack_time_major([official, ours])
+    assert list(batch) == ["image", "reward"]  # the first chunk's order
+    assert batch["image"].shape == (3, 2, 4, 4, 3) and torch.equal(batch["reward"][:, 1], torch.ones(3))
+    assert list(stack_time_major([official, ours], keys=["reward"])) == ["reward"]
+    with pytest.raises(ValueError, match="'discount'.*missing from an episode"):
+        stack_time_major([official, ours], keys=["image", "discount"])
+
+
+def test_loader_passes_keys_through(store):
+    with BatchLoader(ChunkSampler(store, 5), batch=2, prefetch=0, keys=["image", "action"]) as loader:
+        assert sorted(next(loader)) == ["action", "image"]

@@ -163,3 +163,50 @@ def test_episodes_of_the_same_second_keep_their_write_order(tmp_path):
     os.utime(a, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
     assert list_episodes(tmp_path) == [a, b]
     assert select_newest(list_episodes(tmp_path)) == [b, a]
+
+
+def test_temp_names_are_unique_per_process_and_call(tmp_path, make_episode, monkeypatch):
+    import os
+
+    temps = []
+    real = eps.atomic_write
+    monkeypatch.setattr(eps, "atomic_write", lambda path, temp: temps.append(temp) or real(path, temp))
+    paths = [save_episode(tmp_path, make_episode(3)) for _ in range(2)]
+    assert len(set(temps)) == 2
+    for temp, path in zip(temps, paths):
+        assert temp.startswith(f".tmp-{os.getpid()}-") and temp.endswith(f"{path.name}.part")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+
+
+_INTERRUPTED_WRITER = """
+import os, sys
+import numpy as np
+from torch_dreamer.data import save_episode
+os.replace = lambda *args: os._exit(3)  # killed after writing the temp file, before the rename
+save_episode(sys.argv[1], {"action": np.zeros((5, 2), np.float32), "reward": np.zeros(5, np.float32)})
+"""
+
+
+def test_interrupted_writer_leaves_no_listed_file(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", _INTERRUPTED_WRITER, str(tmp_path)], env=env, timeout=120)
+    assert result.returncode == 3
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".tmp-")  # the complete temp, never renamed
+    assert list_episodes(tmp_path) == [] and load_episodes(tmp_path) == {}
+    assert eps.count_episodes(tmp_path) == (0, 0)
+
+
+def test_file_urls_are_local_paths(tmp_path, make_episode):
+    url = f"file://{tmp_path}/replay"
+    path = save_episode(url, make_episode(4))
+    assert path.parent == tmp_path / "replay"  # a pathlib.Path, renamed atomically like any local file
+    assert list_episodes(url) == [path] == list_episodes(tmp_path / "replay")
+    assert eps.resolve_location(url) == tmp_path / "replay"
+    assert eps.resolve_location("memory://x/") == "memory://x"

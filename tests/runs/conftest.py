@@ -23,3 +23,31 @@ def read_metrics(logdir) -> list[dict]:
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+def write_official_episodes(directory, count=6, length=30, seed=0):
+    """Episodes as the official DreamerV2 writes them: `discount` instead of the is_* flags, a CartPole-like
+    4-vector observation and one-hot actions of size 2, plain np.savez under the official name."""
+    import datetime
+    import uuid
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        action = np.zeros((length + 1, 2), np.float32)
+        action[np.arange(1, length + 1), rng.integers(2, size=length)] = 1
+        discount = np.ones(length + 1, np.float32)
+        discount[-1] = 0.0
+        stamp = (datetime.datetime(2021, 1, 1) + datetime.timedelta(seconds=i)).strftime("%Y%m%dT%H%M%S")
+        np.savez(directory / f"{stamp}-{uuid.uuid4().hex}-{length}.npz",
+                 vector=rng.normal(size=(length + 1, 4)).astype(np.float32), action=action,
+                 reward=rng.integers(0, 2, length + 1).astype(np.float32), discount=discount)
+    return directory
+
+
+@pytest.fixture
+def make_official_episodes():
+    return write_official_episodes

@@ -16,6 +16,7 @@ from torch_dreamer.config import resolve
 from torch_dreamer.data import list_episodes, load_episode
 from torch_dreamer.envs import wrap_env
 from torch_dreamer.runs.checkpoint import load_checkpoint
+from torch_dreamer.runs.acting import ExploreSchedule
 from torch_dreamer.runs.train import Trainer
 
 # Tiny networks; runs here take seconds each.
@@ -80,13 +81,10 @@ def visited(logdir, half) -> set:
 
 def modes(steps_per_call: int, calls: int, **config) -> str:
     defaults = {"expl_until": 0, "expl_every": 0, "action_repeat": 1}
-    trainer = Trainer.__new__(Trainer)
-    trainer.config = types.SimpleNamespace(**{**defaults, **config})
-    trainer.step, trainer._next_expl = 0, 0
+    schedule = ExploreSchedule(types.SimpleNamespace(**{**defaults, **config}))
     out = ""
-    for _ in range(calls):
-        out += "E" if trainer.train_mode() == "explore" else "t"
-        trainer.step += steps_per_call
+    for call in range(calls):
+        out += "E" if schedule(call * steps_per_call) == "explore" else "t"
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 
 from torch_dreamer.cli import main
 from torch_dreamer.errors import UserError
-from torch_dreamer.runs import train as train_module
+from torch_dreamer.runs import learner as learner_module
 from tests.runs.conftest import TINY, read_metrics
 
 SHORT = ["--steps", "60", "--prefill", "40", "--eval_every", "30", "--log_every", "20", "--train_every", "10",
@@ -53,7 +53,7 @@ def test_unhandled_observation_space_is_one_line_error(tmp_path):
 def test_nonfinite_losses_stop_the_run_after_a_checkpoint(tmp_path, monkeypatch):
     import torch_dreamer.api as dv2
 
-    monkeypatch.setattr(train_module, "MAX_NONFINITE", 3)
+    monkeypatch.setattr(learner_module, "MAX_NONFINITE", 3)
     vector_only = ["--encoder.cnn_keys", "$^", "--decoder.cnn_keys", "$^"]
     config = dv2.defaults.update({"logdir": str(tmp_path / "run")}).parse_flags(TINY + SHORT + vector_only)
 

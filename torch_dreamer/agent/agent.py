@@ -129,11 +129,17 @@ class Agent(nn.Module):
 
     # ----- learning -----
 
-    def train_step(self, data: dict, state: dict | None = None) -> dict:
-        """One world-model update, then one actor-critic update. data: {key: (T, B, ...)} on the device."""
+    def train_step(self, data: dict, state: dict | None = None) -> tuple[dict, dict]:
+        """One world-model update, then one actor-critic update (the official ``Agent.train(data, state)``).
+
+        data: {key: (T, B, ...)} on the device. state: None to start every sequence from the initial
+        latent (as with ``ChunkSampler``), or the state this method returned for the previous batch of
+        the same slots (``SequentialSampler``, truncated BPTT); rows with ``is_first`` True reset it.
+        Returns (state, metrics): state is the last posterior {key: (B, ...)}, detached; metrics are scalars.
+        """
         return self._run(self._train_step, data, state)
 
-    def _train_step(self, data: dict, state: dict | None) -> dict:
+    def _train_step(self, data: dict, state: dict | None) -> tuple[dict, dict]:
         self.task_behavior.step = self.step
         with self.autocast():
             model_loss, post, metrics, kl_value = self.wm.loss(data, state)
@@ -143,7 +149,8 @@ class Agent(nn.Module):
         if self.expl_behavior is not None:
             outputs = {"post": post, "kl": kl_value}
             metrics.update(self.expl_behavior.train_step(post, outputs, data))
-        return metrics
+        last = {key: value[-1].detach().clone() for key, value in post.items()}  # not a view of (T, B, ...)
+        return last, metrics
 
     @torch.no_grad()
     def report(self, data: dict) -> dict:

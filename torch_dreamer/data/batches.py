@@ -24,14 +24,28 @@ Batch = dict[str, torch.Tensor]
 _POLL_S = 0.1  # how often blocked queue calls re-check the stop flag / thread liveness
 
 
-def stack_time_major(chunks: Sequence[Chunk], pin_memory: bool = False) -> Batch:
+def stack_time_major(
+    chunks: Sequence[Chunk], pin_memory: bool = False, keys: Sequence[str] | None = None
+) -> Batch:
     """Stack B chunks of ``(T, ...)`` arrays into CPU tensors ``(T, B, ...)``, one copy per key.
 
     Each array is written once, directly into the tensor's memory (pinned when ``pin_memory``), so
     no intermediate numpy batch exists. Floats are cast to float32 on the way.
+
+    keys: the keys to stack. None stacks the keys every chunk has (in the first chunk's order):
+    episodes from different sources carry different extras (official files ``discount``, our
+    MiniGrid ones ``direction``) and one odd key must not crash training. Given keys must be in
+    every chunk; a missing one raises ValueError naming it.
     """
+    if keys is None:
+        common = set(chunks[0]).intersection(*chunks[1:])
+        keys = [key for key in chunks[0] if key in common]
+    else:
+        for key in keys:
+            if any(key not in chunk for chunk in chunks):
+                raise ValueError(f"key '{key}' is missing from an episode in this batch (chunk keys differ)")
     batch: Batch = {}
-    for key in chunks[0]:
+    for key in keys:
         arrays = [chunk[key] for chunk in chunks]
         first = arrays[0]
         dtype = np.float32 if np.issubdtype(first.dtype, np.floating) else first.dtype
@@ -74,6 +88,7 @@ class BatchLoader:
         prefetch: batches kept ready by the background thread; 0 samples synchronously in ``next()``.
         seed: reseeds the sampler, so the batch sequence depends only on the data and this seed
             (also with prefetching, since one thread samples in order); None keeps the sampler's stream.
+        keys: keys to put in each batch (see `stack_time_major`); None takes those all chunks share.
 
     Errors raised while sampling in the thread are re-raised by ``next()``. Use as a context manager or
     call ``close()``; the thread is a daemon, so a forgotten loader never keeps the process alive.
@@ -86,6 +101,7 @@ class BatchLoader:
         device: str | torch.device = "cpu",
         prefetch: int = 4,
         seed: int | None = 0,
+        keys: Sequence[str] | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -95,6 +111,7 @@ class BatchLoader:
         self.batch = int(batch)
         self.device = torch.device(device)
         self.prefetch = int(prefetch)
+        self.keys = tuple(keys) if keys is not None else None
         self._pin = self.device.type == "cuda"
         self._closed = False
         self._failure: _Failure | None = None
@@ -110,7 +127,7 @@ class BatchLoader:
     def _make_batch(self) -> Batch:
         """One CPU batch ``(T, B, ...)``, pinned when the target device is CUDA."""
         chunks = [self.sampler.sample() for _ in range(self.batch)]
-        return stack_time_major(chunks, pin_memory=self._pin)
+        return stack_time_major(chunks, pin_memory=self._pin, keys=self.keys)
 
     def _work(self) -> None:
         """Thread body: fill the queue until stopped; an exception ends the thread and is queued."""

@@ -7,11 +7,17 @@ An episode is ``dict[str, np.ndarray]`` whose arrays all have the same leading l
 
 Files are named ``{YYYYmmddTHHMMSS}-{uuid4 hex}-{T}.npz`` like the official ones, so sorting names
 sorts by time and the step count of a directory is known without opening any file.
+
+A directory is a local path (``str``/``PathLike``, or a ``file://`` URL) or any fsspec URL
+(``s3://bucket/replay``, ``gs://...``, ``memory://...``), so several machines can share one replay.
+Local files are returned as ``pathlib.Path``; remote ones as full URL strings (protocol included),
+which every function here accepts back.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import uuid
 import warnings
@@ -19,10 +25,13 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from torch_dreamer.tools.files import atomic_write
 
 Episode = dict[str, np.ndarray]
+Location = str | os.PathLike  # a local path or an fsspec URL
 
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 _TEMP_PREFIX = ".tmp-"  # hidden and not ending in .npz, so list_episodes never sees half-written files
@@ -33,42 +42,96 @@ def eplen(episode: Episode) -> int:
     return len(episode["action"]) - 1
 
 
-def parse_length(path: str | os.PathLike) -> int:
+def resolve_location(location: Location) -> Path | str:
+    """``Path`` for a local directory or file (plain paths and ``file://`` URLs), else the URL string.
+
+    Remote URLs lose a trailing ``/`` so that ``f"{url}/{name}"`` names a file inside them. Local
+    ``file://`` URLs become paths because the local disk can rename, which keeps writes atomic there.
+    """
+    if isinstance(location, os.PathLike) or not _looks_like_url(location):
+        return Path(location)
+    fs, path = url_to_fs(location)
+    if isinstance(fs, LocalFileSystem):
+        return Path(path)
+    return location.rstrip("/")
+
+
+def _looks_like_url(location: str) -> bool:
+    """``proto://...`` or a chained ``a::b://...`` URL; anything else is a local path."""
+    return "://" in location or "::" in location
+
+
+def file_name(path: Location) -> str:
+    """Base name of a local path or of a URL, e.g. ``s3://b/replay/x-3.npz`` -> ``x-3.npz``."""
+    return os.fspath(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse_length(path: Location) -> int:
     """Step count ``T`` encoded as the last ``-`` field of a file name, e.g. ``...-hex-1000.npz`` -> 1000.
 
     Raises ValueError when the name does not end in an integer field.
     """
-    stem = Path(path).name
+    name = stem = file_name(path)
     if stem.endswith(".npz"):
         stem = stem[: -len(".npz")]
     field = stem.rsplit("-", 1)[-1]
     if not field.isdigit():
-        raise ValueError(f"episode file name does not end in a step count: {Path(path).name}")
+        raise ValueError(f"episode file name does not end in a step count: {name}")
     return int(field)
 
 
-def list_episodes(directory: str | os.PathLike) -> list[Path]:
-    """Episode files of ``directory`` sorted oldest -> newest by file name (timestamp first).
+def _is_episode_name(name: str) -> bool:
+    return name.endswith(".npz") and not name.startswith(_TEMP_PREFIX)
 
-    A missing directory has no episodes. Temp files of interrupted writes are not listed.
+
+def list_episodes(directory: Location) -> list[Path] | list[str]:
+    """Episode files of ``directory`` sorted oldest -> newest by `age_key`.
+
+    A missing directory has no episodes. Temp files of interrupted writes and non-``.npz`` names are
+    not listed. Local directories give ``Path`` objects, remote ones URLs (see `episode_files`).
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted((p for p in directory.glob("*.npz") if not p.name.startswith(_TEMP_PREFIX)), key=age_key)
+    return sorted(episode_files(directory), key=age_key)
 
 
-def age_key(path: Path) -> tuple:
-    """Sort key oldest -> newest: the name's timestamp, then the write time for files of the same second.
+def episode_files(directory: Location) -> list[Path] | list[str]:
+    """Episode files of ``directory`` in no particular order; `list_episodes` sorts them.
 
-    The uuid in the name is random, so without the write time a resumed run would reorder the
-    episodes saved within one second, and the sampler (which indexes episodes in order) with them.
+    Unsorted so that a caller interested only in unknown names (``EpisodeStore.refresh``) computes
+    sort keys, which stat local files, for those alone. Remote directories take a single listing call
+    (no per-file request, so 100k objects list in one paginated ``ls``), read fresh every time so
+    files written by other machines show up.
     """
+    where = resolve_location(directory)
+    if isinstance(where, Path):
+        if not where.is_dir():
+            return []
+        return [p for p in where.glob("*.npz") if _is_episode_name(p.name)]
+    fs, root = url_to_fs(where)
+    fs.invalidate_cache(root)  # s3fs/gcsfs cache listings; other writers' files must appear
     try:
-        written = path.stat().st_mtime_ns
-    except OSError:
-        written = 0
-    return (path.name.split("-", 1)[0], written, path.name)
+        entries = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return []
+    names = {file_name(entry) for entry in entries}
+    return [f"{where}/{name}" for name in names if _is_episode_name(name)]
+
+
+def age_key(path: Location) -> tuple:
+    """Sort key oldest -> newest: ``(name timestamp, write time, name)``.
+
+    Local files break ties within one second by their write time: the uuid in the name is random, so
+    without it a resumed run would reorder the episodes saved within one second, and the sampler
+    (which indexes episodes in order) with them. Remote files use write time 0 (timestamp, then name):
+    a stat per object would not scale to 100k files.
+    """
+    name = file_name(path)
+    written = 0
+    if isinstance(path, os.PathLike) or not _looks_like_url(path):
+        try:
+            written = os.stat(path).st_mtime_ns
+        except OSError:
+            pass
+    return (name.split("-", 1)[0], written, name)
 
 
 def normalize_episode(episode: dict) -> Episode:
@@ -125,33 +188,56 @@ def episode_filename(length: int, now: datetime.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex}-{length}.npz"
 
 
-def save_episode(directory: str | os.PathLike, episode: Episode) -> Path:
-    """Write ``episode`` as a compressed npz into ``directory`` (created if needed) and return its path.
+def save_episode(directory: Location, episode: Episode) -> Path | str:
+    """Write ``episode`` as a compressed npz into ``directory`` (created if needed); return its path or URL.
 
-    Atomic: the data goes to a hidden temp file in the same directory, is flushed to disk and then
-    renamed with ``os.replace``, so readers and resumed runs never see a partial file.
+    Readers never see a partial file. The npz is built in memory first, then
+    - local: written to a hidden temp file unique to this process and call (pid + uuid, so concurrent
+      writers never share one), flushed, fsynced and renamed over the final name with ``os.replace``;
+    - remote: uploaded as one whole object with ``fs.pipe_file``. Object stores cannot rename, but a
+      single PUT (or a multipart upload, which appears only on completion) is atomic on S3 and GCS:
+      the object becomes visible only once complete.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / episode_filename(eplen(episode))
-    # A file object, not a name: np.savez_compressed would append '.npz' to a name.
-    with atomic_write(path, f"{_TEMP_PREFIX}{path.name}.part") as f:
-        np.savez_compressed(f, **episode)
-    return path
+    where = resolve_location(directory)
+    name = episode_filename(eplen(episode))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **episode)
+    if isinstance(where, Path):
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / name
+        with atomic_write(path, f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}-{name}.part") as f:
+            f.write(buffer.getbuffer())
+        return path
+    fs, root = url_to_fs(where)
+    target = f"{root.rstrip('/')}/{name}"
+    data = buffer.getvalue()
+    try:
+        fs.pipe_file(target, data)
+    except FileNotFoundError:  # missing directory or bucket: create it, then retry once
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(target, data)
+    return f"{where}/{name}"
 
 
-def load_episode(path: str | os.PathLike) -> Episode:
-    """Read one episode file into RAM (decompressed) with canonical dtypes and all three flags.
+def load_episode(path: Location) -> Episode:
+    """Read one episode file (local path or URL) into RAM (decompressed) with canonical dtypes and all flags.
 
     Raises OSError/ValueError/zipfile errors for unreadable or inconsistent files.
     """
-    # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
-    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-        episode = {key: data[key] for key in data.files}
+    where = resolve_location(path)
+    if isinstance(where, Path):
+        # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
+        with open(where, "rb") as f, np.load(f, allow_pickle=False) as data:
+            episode = {key: data[key] for key in data.files}
+    else:
+        fs, remote = url_to_fs(where)
+        raw = fs.cat_file(remote)  # one GET; np.load then seeks in memory, not over the network
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+            episode = {key: data[key] for key in data.files}
     return normalize_episode(episode)
 
 
-def select_newest(paths: Iterable[Path], capacity: int | None = None, minlen: int = 1) -> list[Path]:
+def select_newest(paths: Iterable[Location], capacity: int | None = None, minlen: int = 1) -> list:
     """The newest files (see `age_key`) worth loading, returned newest first.
 
     Files shorter than ``minlen`` steps are skipped (they are never sampled). Selection stops once
@@ -174,33 +260,41 @@ def select_newest(paths: Iterable[Path], capacity: int | None = None, minlen: in
     return chosen
 
 
-def load_episodes(
-    directory: str | os.PathLike, capacity: int | None = None, minlen: int = 1
-) -> dict[str, Episode]:
-    """Load the newest episodes of ``directory`` until ``capacity`` steps, keyed by path string.
+def load_files(paths: Iterable[Location], capacity: int | None = None, minlen: int = 1) -> dict[str, Episode]:
+    """Load the newest of ``paths`` until ``capacity`` steps (see `select_newest`), keyed by path string.
 
     The dict is ordered oldest -> newest (insertion order = FIFO order). Unreadable or corrupt files
     are skipped with one ``warnings.warn`` line naming the file; the rest still loads.
     """
     episodes: dict[str, Episode] = {}
-    for path in reversed(select_newest(list_episodes(directory), capacity, minlen)):
+    for path in reversed(select_newest(paths, capacity, minlen)):
         try:
             episode = load_episode(path)
         except Exception as exc:  # corrupt zip, truncated file, bad arrays: skip, keep the run going
-            warnings.warn(f"skipping unreadable episode file {path}: {type(exc).__name__}: {exc}", stacklevel=2)
+            warnings.warn(f"skipping unreadable episode file {path}: {type(exc).__name__}: {exc}", stacklevel=3)
             continue
         if eplen(episode) >= minlen:
             episodes[str(path)] = episode
     return episodes
 
 
-def count_episodes(directory: str | os.PathLike) -> tuple[int, int]:
-    """``(episodes, steps)`` of every file in ``directory``, from the names alone (nothing is opened)."""
+def load_episodes(directory: Location, capacity: int | None = None, minlen: int = 1) -> dict[str, Episode]:
+    """Load the newest episodes of ``directory`` until ``capacity`` steps; see `load_files`."""
+    return load_files(list_episodes(directory), capacity, minlen)
+
+
+def count_files(paths: Iterable[Location]) -> tuple[int, int]:
+    """``(episodes, steps)`` of ``paths`` from the names alone; names without a step count are not counted."""
     episodes = steps = 0
-    for path in list_episodes(directory):
+    for path in paths:
         try:
             steps += parse_length(path)
         except ValueError:
             continue
         episodes += 1
     return episodes, steps
+
+
+def count_episodes(directory: Location) -> tuple[int, int]:
+    """``(episodes, steps)`` of every file in ``directory``, from the names alone (nothing is opened)."""
+    return count_files(list_episodes(directory))

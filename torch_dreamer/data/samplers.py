@@ -1,10 +1,10 @@
 """Samplers turn an EpisodeStore into fixed-length training chunks ``dict[str, np.ndarray (length, ...)]``.
 
-``ChunkSampler`` is the official DreamerV2 rule. Other strategies (reservoir-aware, 50:50 recent/past,
-coverage, reward-weighted, full episodes read sequentially with carried state) implement ``Sampler``:
-``BatchLoader`` calls ``sample()`` exactly ``batch`` times per batch, in batch-slot order, from a single
-thread, so a stateful sampler can keep one stream per slot and mark continuations with
-``is_first[0] = False``.
+``ChunkSampler`` is the official DreamerV2 rule; ``SequentialSampler`` streams whole episodes per batch
+slot for training with a carried state (PyDreamer's ``keep_state``). Other strategies (reservoir-aware,
+50:50 recent/past, coverage, reward-weighted) implement ``Sampler``: ``BatchLoader`` calls ``sample()``
+exactly ``batch`` times per batch, in batch-slot order, from a single thread, so a stateful sampler can
+keep one stream per slot and mark continuations with ``is_first[0] = False``.
 """
 
 from __future__ import annotations
@@ -123,4 +123,90 @@ class ChunkSampler:
             try:
                 return self.store.get(eligible[int(self.rng.integers(len(eligible)))])
             except KeyError:  # evicted meanwhile by the writer thread; draw again
+                continue
+
+
+class SequentialSampler:
+    """Full episodes read in order, one stream per batch slot, for training with a carried state (TBPTT).
+
+    PyDreamer's ``keep_state``: slot ``b`` of every batch continues slot ``b`` of the previous batch, so the
+    learner passes the last posterior state of one batch in as the start state of the next
+    (``Agent.train_step(data, state) -> (state, metrics)``).
+
+    Args:
+        store: episodes to stream; each new episode of a slot is drawn uniformly from ``store.keys()``.
+        length: chunk length ``T``; any episode length works since chunks span episode boundaries.
+        batch: B, the number of independent streams; the i-th ``sample()`` call serves slot ``i % batch``
+            (``BatchLoader`` calls it ``batch`` times per batch, in slot order, from one thread).
+        seed: seed of the numpy Generator; None draws fresh entropy.
+        random_start: start each slot's first episode at a uniform row instead of row 0 (PyDreamer's
+            ``skip_first``), so the slots do not cross episode boundaries in lockstep. Off by default.
+
+    Each chunk ``dict[str, np.ndarray (length, ...)]`` is a fresh copy of the next ``length`` rows of the
+    slot's stream, with the keys and dtypes of ``ChunkSampler``'s (a chunk spanning episodes keeps the keys
+    they all share). When an episode ends, the rows of the next one follow inside the same chunk; its row 0
+    has ``is_first`` True, so the model resets there. ``is_first`` is kept as stored, so a continuation has
+    ``is_first[0] = False`` and the learner carries its state; only the first chunk of a stream (after
+    construction or ``reseed``) gets ``is_first[0] = True`` forced, which also resets a stale carried state.
+
+    A slot holds the arrays of the episode it reads, so an episode evicted from the store meanwhile is
+    still read to its end. There is no ``state_dict``: the learner's carried state is not checkpointed
+    either, so a resumed run (or ``reseed``) restarts every stream at a fresh episode.
+    """
+
+    def __init__(self, store: EpisodeStore, length: int, batch: int, seed: int | None = None,
+                 random_start: bool = False):
+        if length < 1:
+            raise ValueError(f"chunk length must be >= 1, got {length}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.store = store
+        self.length = int(length)
+        self.batch = int(batch)
+        self.random_start = bool(random_start)
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """New Generator and fresh streams: the chunk sequence is a function of (data, seed)."""
+        self.rng = np.random.default_rng(seed)
+        self._episodes: list[Episode | None] = [None] * self.batch  # episode each slot is reading
+        self._rows = [0] * self.batch  # next row of that episode
+        self._calls = 0
+
+    def sample(self) -> Chunk:
+        """The next ``length`` rows of slot ``calls % batch``: ``dict[str, np.ndarray (length, ...)]``."""
+        slot = self._calls % self.batch
+        first_chunk = self._episodes[slot] is None
+        pieces, need = [], self.length
+        while need:
+            episode, row = self._episodes[slot], self._rows[slot]
+            if episode is None or row >= len(episode["action"]):
+                episode = self._pick_episode()
+                offset = first_chunk and not pieces and self.random_start
+                row = int(self.rng.integers(len(episode["action"]))) if offset else 0
+            take = min(need, len(episode["action"]) - row)
+            pieces.append({key: value[row : row + take] for key, value in episode.items()})
+            self._episodes[slot], self._rows[slot] = episode, row + take
+            need -= take
+        self._calls += 1  # after the loop: an empty store raises before any slot moves on
+        # Keys all pieces share: episodes from different sources may carry different extras.
+        keys = [key for key in pieces[0] if all(key in piece for piece in pieces[1:])]
+        chunk = {key: np.concatenate([piece[key] for piece in pieces]) for key in keys}
+        if first_chunk:
+            chunk["is_first"][0] = True
+        return chunk
+
+    def _pick_episode(self) -> Episode:
+        """Uniform over the stored episodes; a key evicted between snapshot and lookup draws again."""
+        while True:
+            keys = self.store.keys()
+            if not keys:
+                stats = self.store.stats()
+                raise EmptyReplayError(
+                    f"no stored episode to stream ({stats['total_episodes']} episodes saved, none sampleable); "
+                    "prefill the replay first"
+                )
+            try:
+                return self.store.get(keys[int(self.rng.integers(len(keys)))])
+            except KeyError:
                 continue

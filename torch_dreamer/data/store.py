@@ -5,6 +5,9 @@ Official DreamerV2 replay semantics:
 - RAM holds the newest episodes up to ``capacity`` steps; eviction is FIFO and removes only the RAM copy;
 - a new store over an existing directory loads the newest files until ``capacity`` so runs resume.
 
+The directory may be an fsspec URL (``s3://bucket/replay``) shared by several processes or machines:
+``refresh()`` picks up the files others wrote since, reading each new file once.
+
 The RAM side sits behind two small protocols so other strategies plug in without touching the store:
 ``Storage`` (where the arrays live: a dict today, memory-mapped files later) and ``Eviction`` (which
 episode leaves when over capacity: FIFO today, reservoir/random replacement for continual learning later).
@@ -12,12 +15,28 @@ episode leaves when over capacity: FIFO today, reservoir/random replacement for 
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from .episodes import Episode, count_episodes, episode_filename, eplen, load_episodes, normalize_episode, save_episode
+from .episodes import (
+    Episode,
+    Location,
+    age_key,
+    count_files,
+    episode_files,
+    episode_filename,
+    eplen,
+    file_name,
+    list_episodes,
+    load_files,
+    normalize_episode,
+    resolve_location,
+    save_episode,
+)
+
+
+EpisodeCallback = Callable[[Episode], None]
 
 
 class Storage(Protocol):
@@ -92,57 +111,111 @@ class EpisodeStore:
     """Replay of finished episodes, on disk under ``directory`` and in RAM up to ``capacity`` steps.
 
     Args:
-        directory: where episode files go and are resumed from; None keeps episodes in RAM only.
+        directory: where episode files go and are resumed from: a local path (kept as ``Path`` in
+            ``self.directory``) or an fsspec URL (kept as a string); None keeps episodes in RAM only.
         capacity: most steps (sum of ``T`` over episodes) kept in RAM; None is unbounded. The store
             never evicts its last episode, so one episode longer than ``capacity`` still stays.
         minlen: episodes with fewer steps are saved (and counted) but never kept for sampling.
         storage, eviction: RAM container and eviction rule; defaults are a dict and FIFO.
 
-    Thread safety: one writer thread calling ``add`` and any number of sampler threads calling
-    ``keys``/``get``/counters. Disk writes happen outside the lock so samplers never wait on them.
+    Thread safety: writer calls (``add``, ``refresh``) are serialised by their own lock, and any number
+    of sampler threads may call ``keys``/``get``/counters meanwhile. Disk and network I/O happen
+    outside the sampler lock so samplers never wait on it.
     """
 
     def __init__(
         self,
-        directory: str | os.PathLike | None = None,
+        directory: Location | None = None,
         capacity: int | float | None = None,
         minlen: int = 1,
         storage: Storage | None = None,
         eviction: Eviction | None = None,
     ) -> None:
-        self.directory = Path(directory) if directory is not None else None
+        self.directory: Path | str | None = resolve_location(directory) if directory is not None else None
         self.capacity = int(capacity) if capacity else None
         self.minlen = int(minlen)
         self._storage: Storage = storage if storage is not None else DictStorage()
         self._eviction: Eviction = eviction if eviction is not None else FifoEviction()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards RAM and counters; held only briefly
+        self._write_lock = threading.Lock()  # serialises add/refresh, held across their I/O
+        self._known: set[str] = set()  # file names already seen: written, loaded or skipped
         self._lengths: dict[str, int] = {}
         self._loaded_steps = 0
         self._total_episodes = self._total_steps = 0
         if self.directory is not None:
-            self._resume(self.directory)
+            self._ingest(list_episodes(self.directory), resume=True)
 
-    def _resume(self, directory: Path) -> None:
-        """Counters from every file name; RAM from the newest files up to capacity."""
-        self._total_episodes, self._total_steps = count_episodes(directory)
-        for key, episode in load_episodes(directory, self.capacity, self.minlen).items():
-            self._insert(key, episode)
+    def _ingest(self, paths: Sequence[Location], resume: bool, on_episode: EpisodeCallback | None = None) -> int:
+        """Count ``paths`` (unknown names, oldest first), load the ones worth keeping, mark all known.
 
-    def add(self, episode: dict) -> Path | None:
-        """Store one finished episode (arrays ``(T+1, ...)``); returns its file path, or None without a directory.
+        Without ``on_episode`` only files that can still be in RAM after eviction are read (the newest
+        up to capacity, as on resume) and the rest are counted from their names; that shortcut equals
+        load-then-evict only for FIFO, so with another eviction rule every new file is loaded. With
+        ``on_episode`` every readable file is read, short ones included, and passed to it after the
+        store is updated. Returns how many episodes were put in RAM.
+        """
+        self._known.update(file_name(path) for path in paths)
+        episodes, steps = count_files(paths)
+        if on_episode is not None:
+            loaded = load_files(paths, None, 0)
+        else:
+            limit = self.capacity if resume or isinstance(self._eviction, FifoEviction) else None
+            loaded = load_files(paths, limit, self.minlen)  # corrupt files warn here, once: they are known now
+        added = 0
+        with self._lock:
+            self._total_episodes += episodes
+            self._total_steps += steps
+            for key, episode in loaded.items():
+                if eplen(episode) < self.minlen:
+                    continue
+                self._insert(key, episode)
+                added += 1
+                if not resume:  # on resume the file crossing capacity stays, like the official loader
+                    self._enforce_limit()
+        if on_episode is not None:
+            for episode in loaded.values():
+                on_episode(episode)
+        return added
+
+    def refresh(self, on_episode: EpisodeCallback | None = None) -> int:
+        """Add episode files that appeared in ``directory`` since the last look (e.g. other writers').
+
+        Lists the directory once; files whose names are known (written by this store, or seen
+        before, including skipped short/corrupt/over-capacity ones) are never read again. New files
+        are loaded oldest first and enter RAM as the newest episodes, evicting like `add` (so some
+        may leave again at once). ``on_episode(episode)`` is called for every new readable episode,
+        short ones included (e.g. to log workers' returns), oldest first, once the store is updated.
+        Returns how many episodes were put in RAM; 0 without a directory.
+
+        Writers must publish files atomically (as `save_episode` does): a corrupt file is warned about
+        once and then ignored for good, so a half-written one would never be retried.
+        """
+        if self.directory is None:
+            return 0
+        with self._write_lock:
+            fresh = [path for path in episode_files(self.directory) if file_name(path) not in self._known]
+            fresh.sort(key=age_key)  # sort keys (a stat per local file) for the new files only
+            return self._ingest(fresh, False, on_episode) if fresh else 0
+
+    def add(self, episode: dict) -> Path | str | None:
+        """Store one finished episode (arrays ``(T+1, ...)``); returns its file path (URL when remote),
+        or None without a directory.
 
         Arrays are kept by reference (only dtype conversions copy), so callers must not mutate them later.
         """
         episode = normalize_episode(episode)
         length = eplen(episode)
-        path = save_episode(self.directory, episode) if self.directory is not None else None
-        key = str(path) if path is not None else episode_filename(length)
-        with self._lock:
-            self._total_episodes += 1
-            self._total_steps += length
-            if length >= self.minlen:
-                self._insert(key, episode)
-                self._enforce_limit()
+        with self._write_lock:
+            path = save_episode(self.directory, episode) if self.directory is not None else None
+            key = str(path) if path is not None else episode_filename(length)
+            if path is not None:
+                self._known.add(file_name(path))
+            with self._lock:
+                self._total_episodes += 1
+                self._total_steps += length
+                if length >= self.minlen:
+                    self._insert(key, episode)
+                    self._enforce_limit()
         return path
 
     def _insert(self, key: str, episode: Episode) -> None:

@@ -1,0 +1,226 @@
+"""Learner loops without envs in this process: env workers elsewhere (`--workers N`) and offline RL
+(`--offline_dir`). Both pace on the replay; the single-process official loop is `runs/train.py`.
+
+With workers, the learner trains while `updates < pretrain + (step - prefill) * train_ratio / (B * T)`
+(step = env steps in the replay), otherwise it refreshes the replay and waits for data; actors never
+wait for it (they only pause under `limit_step_ratio`). Offline, `--steps` counts updates.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+from torch_dreamer.data import EpisodeStore
+from torch_dreamer.errors import UserError
+from torch_dreamer.runs import setup
+from torch_dreamer.runs.acting import agent_policy, episode_metrics
+from torch_dreamer.runs.actor import actor_status
+from torch_dreamer.runs.checkpoint import load_checkpoint
+from torch_dreamer.runs.driver import Driver
+from torch_dreamer.runs.learner import Learner, NonFiniteStop, Rate
+from torch_dreamer.runs.policy_store import clear_stop, publish_policy, request_stop
+from torch_dreamer.runs.spaces import Spaces
+from torch_dreamer.runs.train import holds_chunk, replay_dir
+from torch_dreamer.runs.workers import actor_specs, make_pool
+from torch_dreamer.tools.logger import Logger, Progress, default_outputs
+
+REFRESH_S = 1.0      # how often the learner lists the replay for new episodes
+IDLE_SLEEP_S = 0.05  # the learner's wait when it is ahead of train_ratio
+
+
+def train_ratio(config) -> float:
+    """Replayed steps per env step: `train_ratio`, or what `train_every`/`train_steps` imply."""
+    if float(config.train_ratio) > 0:
+        return float(config.train_ratio)
+    return config.dataset.batch * config.dataset.length * config.train_steps / config.train_every
+
+
+def find_spaces(config, checkpoint: pathlib.Path, replay: EpisodeStore) -> Spaces:
+    """From the checkpoint of a resumed run, else from an episode in the replay."""
+    if checkpoint.exists():
+        return Spaces.from_dict(load_checkpoint(checkpoint)["spaces"])
+    keys = replay.keys()
+    if not keys:
+        raise UserError(f"no episodes to read the spaces from in {replay.directory}")
+    return Spaces.from_episode(replay.get(keys[-1]), config.action_kind)
+
+
+class ReplayLoop:
+    """What both env-free loops share: logdir, logger, learner built from the replay, checkpoints."""
+
+    def __init__(self, config, replay: EpisodeStore, multiplier: int):
+        self.config, self.replay = config, replay
+        self.logdir = setup.prepare_logdir(config)
+        self.device = setup.resolve_device(config.device)
+        setup.seed_everything(config.seed, config.deterministic)
+        self.logger = Logger(self.logdir, multiplier,
+                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty()))
+        self.learner: Learner | None = None
+        self.last_returns: dict = {}
+
+    @property
+    def checkpoint_path(self) -> pathlib.Path:
+        return self.logdir / "checkpoint.pt"
+
+    def build_learner(self) -> dict:
+        """The learner for the replay's spaces, restored from the checkpoint; returns its counters."""
+        spaces = find_spaces(self.config, self.checkpoint_path, self.replay)
+        self.learner = Learner(self.config, spaces, self.replay, self.device)
+        counters = self.learner.load(self.checkpoint_path)
+        if counters is None:
+            self.learner.train(int(self.config.pretrain), 0)
+            counters = {}
+        return counters
+
+    def log_episode(self, episode: dict, mode: str, step: int) -> None:
+        metrics = episode_metrics(self.config, episode, mode)
+        self.last_returns[f"{mode}_return"] = metrics[f"{mode}_return"]
+        self.logger.add(metrics)
+        self.logger.write(step)
+
+    def save(self, step: int) -> bool:
+        return self.learner is not None and self.learner.save(self.checkpoint_path, {"step": step})
+
+    def close(self) -> None:
+        if self.learner is not None:
+            self.learner.close()
+        self.logger.close()
+
+
+def train_with_workers(config) -> dict:
+    """`dreamer train --workers N`: actors in other processes, this process only learns."""
+    logdir = pathlib.Path(str(config.logdir)).expanduser()
+    replay = EpisodeStore(replay_dir(config, logdir), config.replay.capacity, config.replay.minlen)
+    loop = ReplayLoop(config, replay, config.action_repeat)
+    policy_dir = str(config.policy_dir) if config.policy_dir else loop.logdir / "policy"
+    eval_store = EpisodeStore(loop.logdir / "eval_episodes", config.replay.capacity / 10, 1)
+    clear_stop(policy_dir)
+    pool = make_pool(config.worker_backend, actor_specs(config, replay.directory, eval_store.directory, policy_dir))
+    progress = Progress(int(config.steps), replay.total_steps, disable=None if config.progress else True,
+                        multiplier=config.action_repeat)
+    step = replay.total_steps
+    try:
+        pool.start()
+        print(f"Started {len(pool.specs)} {config.worker_backend} workers; prefill {int(config.prefill)} steps.")
+        while replay.total_steps < config.prefill or not holds_chunk(replay, config.dataset.length):
+            _poll(pool, replay, eval_store, loop)
+            time.sleep(REFRESH_S)
+        loop.build_learner()
+        learner, ratio = loop.learner, train_ratio(config)
+        publish_policy(policy_dir, learner.agent, learner.spaces, config, learner.updates, replay.total_steps)
+        published, rates, last_refresh = learner.updates, (Rate(learner.updates), Rate(replay.total_steps)), 0.0
+        next_log = next_save = step = replay.total_steps
+        while step < config.steps:
+            if time.time() - last_refresh >= REFRESH_S:
+                _poll(pool, replay, eval_store, loop)
+                step, last_refresh = replay.total_steps, time.time()
+                progress.update(step, learner.updates, **loop.last_returns)
+            target = config.pretrain + (step - config.prefill) * ratio / (config.dataset.batch * config.dataset.length)
+            if learner.updates < target:
+                learner.train(1, step)
+            else:
+                time.sleep(IDLE_SLEEP_S)
+            if learner.updates - published >= config.policy_refresh:
+                publish_policy(policy_dir, learner.agent, learner.spaces, config, learner.updates, step)
+                published = learner.updates
+            if step >= next_log:
+                _log_learner(loop, step, rates, policy_dir)
+                next_log = step + config.log_every
+            if step >= next_save:
+                loop.save(step)
+                next_save = step + config.eval_every
+    except KeyboardInterrupt:
+        print(f"\nInterrupted at step {step}; stopping workers.")
+        raise
+    except NonFiniteStop as error:
+        raise UserError(f"{error}; checkpoint saved") from None
+    finally:
+        request_stop(policy_dir)
+        pool.stop()
+        replay.refresh()  # the workers' last (truncated) episodes count for the next run
+        loop.save(replay.total_steps)
+        progress.close()
+        loop.close()
+    learner = loop.learner
+    return {"step": replay.total_steps, "updates": learner.updates, "worker_restarts": pool.restarts,
+            **loop.last_returns}
+
+
+def _poll(pool, replay: EpisodeStore, eval_store: EpisodeStore, loop: ReplayLoop) -> None:
+    for line in pool.check():
+        print(line)
+    replay.refresh(on_episode=lambda episode: loop.log_episode(episode, "train", replay.total_steps))
+    eval_store.refresh(on_episode=lambda episode: loop.log_episode(episode, "eval", replay.total_steps))
+
+
+def _log_learner(loop: ReplayLoop, step: int, rates, policy_dir) -> None:
+    learner, config = loop.learner, loop.config
+    update_rate, step_rate = rates[0].read(learner.updates), rates[1].read(step)
+    loop.logger.add(learner.report())
+    loop.logger.add({
+        "updates_per_s": update_rate,
+        "env_steps_per_s": step_rate,
+        "fps": step_rate * config.action_repeat,
+        "replay_ratio": learner.updates * config.dataset.batch * config.dataset.length / max(step, 1),
+        "updates": learner.updates,
+        **actor_status(policy_dir, learner.updates),
+    })
+    loop.logger.add({f"train_{k}": v for k, v in loop.replay.stats().items()})
+    loop.logger.write(step)
+
+
+def train_offline(config, eval_envs=None) -> dict:
+    """`dreamer train --offline_dir DIR_OR_URL`: world model and behaviour from a fixed set of episodes.
+
+    `--steps` counts updates; logs, checkpoints (every `eval_every` updates) and evaluation (only when
+    `eval_envs` are given) run on that clock.
+    """
+    from torch_dreamer.data.minari import convert_minari, is_minari
+
+    logdir = pathlib.Path(str(config.logdir)).expanduser()
+    source = str(config.offline_dir)
+    if is_minari(source):
+        convert_minari(source[len("minari:"):], logdir / "offline_episodes")
+        source = logdir / "offline_episodes"
+    capacity = config.replay.capacity if config.replay.capacity else None
+    replay = EpisodeStore(source, capacity, config.replay.minlen)  # read, never written
+    if not holds_chunk(replay, config.dataset.length):
+        raise UserError(f"no episode in {config.offline_dir} has dataset.length={config.dataset.length} steps; "
+                        "lower --dataset.length or --replay.minlen")
+    loop = ReplayLoop(config, replay, 1)
+    loop.build_learner()
+    learner = loop.learner
+    driver = None
+    if eval_envs is not None:
+        learner.spaces.check_matches(Spaces.from_vector_env(eval_envs), f"the evaluation env {config.task}")
+        driver = Driver(eval_envs, seed=config.seed + 10_000)
+        driver.on_episode.append(lambda episode, worker: loop.log_episode(episode, "eval", learner.updates))
+    progress = Progress(int(config.steps), learner.updates, disable=None if config.progress else True)
+    rates = (Rate(learner.updates), Rate(0))
+    try:
+        while learner.updates < config.steps:
+            learner.train(1, learner.updates)
+            progress.update(learner.updates, learner.updates, **loop.last_returns)
+            if learner.updates % config.log_every == 0:
+                loop.logger.add(learner.report())
+                loop.logger.add({"updates_per_s": rates[0].read(learner.updates), **replay.stats()})
+                loop.logger.write(learner.updates)
+            if learner.updates % config.eval_every == 0 or learner.updates >= config.steps:
+                loop.save(learner.updates)
+                if driver is not None and config.eval_eps > 0:
+                    driver.reset()
+                    driver(agent_policy(learner.agent, "eval"), episodes=config.eval_eps)
+    except KeyboardInterrupt:
+        loop.save(learner.updates)
+        print(f"\nInterrupted at update {learner.updates}; checkpoint saved in {loop.logdir}.")
+        raise
+    except NonFiniteStop as error:
+        loop.save(learner.updates)
+        raise UserError(f"{error}; checkpoint saved") from None
+    finally:
+        progress.close()
+        if driver is not None:
+            driver.close()
+        loop.close()
+    return {"updates": learner.updates, **loop.last_returns}
