@@ -20,9 +20,9 @@ from torch_dreamer.runs.acting import ExploreSchedule, RandomPolicy, agent_polic
 from torch_dreamer.runs.driver import Driver
 from torch_dreamer.runs.policy_store import PolicyReader, actor_reports, read_json, stop_requested, write_json
 from torch_dreamer.runs.spaces import Spaces
-from torch_dreamer.tools.files import join, list_names
+from torch_dreamer.tools.files import join
 
-STEPS_PER_POLL = 50   # env steps between checks for new weights, the stop file and throttling
+STEPS_PER_POLL = 20   # env steps between checks for new weights, the stop file and throttling
 THROTTLE_SLEEP_S = 0.2
 
 
@@ -60,12 +60,13 @@ def run_actor(config: dict, replay_dir: str, policy_dir: str, name: str = "actor
     explore = ExploreSchedule(config)
     collect = agent_policy(agent, lambda: explore(reader.step + counts["steps"]))
     last_check = 0.0
+    throttle = Throttle(config, policy_dir)
     try:
         while not stop_requested(policy_dir):
             if time.time() - last_check >= config.policy_refresh_s or not reader.ready:
                 reader.refresh()
                 last_check = time.time()
-            if mode == "eval" and not reader.ready or _throttled(config, reader, replay_dir):
+            if mode == "eval" and not reader.ready or mode == "train" and throttle(counts["steps"]):
                 time.sleep(THROTTLE_SLEEP_S)
                 continue
             policy = (agent_policy(agent, "eval") if mode == "eval" else collect) if reader.ready else random_policy
@@ -78,18 +79,40 @@ def run_actor(config: dict, replay_dir: str, policy_dir: str, name: str = "actor
     return counts
 
 
-def _throttled(config, reader: PolicyReader, replay_dir) -> bool:
-    """PyDreamer's `limit_step_ratio`: pause while the replay's env steps exceed ratio x learner updates."""
-    ratio = float(config.limit_step_ratio)
-    if ratio <= 0 or not reader.ready:
-        return False
-    steps = sum(_name_steps(name) for name in list_names(replay_dir, ".npz"))
-    return steps > ratio * max(reader.updates, 1)
+def step_limit(config) -> float:
+    """Env steps an actor may collect per learner update before it pauses (PyDreamer's limit_step_ratio).
+
+    0 never pauses; a negative value (the default) allows twice the env steps per update that
+    `train_ratio` asks for, so actors stay ahead of the learner, but never unboundedly.
+    """
+    limit = float(config.limit_step_ratio)
+    if limit >= 0:
+        return limit
+    from torch_dreamer.runs.loops import train_ratio
+
+    return 2.0 * config.dataset.batch * config.dataset.length / train_ratio(config)
 
 
-def _name_steps(name: str) -> int:
-    field = name[: -len(".npz")].rsplit("-", 1)[-1]
-    return int(field) if field.isdigit() else 0
+class Throttle:
+    """Pauses a train actor while the replay runs more than `step_limit` env steps per update ahead.
+
+    The learner writes `progress.json` ({updates, step}) about once a second; between its writes the
+    actor adds the steps it collected itself since it last read the file, so a fast env cannot run
+    far past the limit before the learner lists the replay again.
+    """
+
+    def __init__(self, config, policy_dir):
+        self.config, self.path, self.limit = config, join(policy_dir, "progress.json"), step_limit(config)
+        self.seen = (0, 0, 0)  # (learner step, learner updates, own steps when read)
+
+    def __call__(self, own_steps: int) -> bool:
+        if self.limit <= 0:
+            return False
+        progress = read_json(self.path)
+        if progress is not None and (progress["step"], progress["updates"]) != self.seen[:2]:
+            self.seen = (int(progress["step"]), int(progress["updates"]), own_steps)
+        step, updates, own_then = self.seen
+        return step + own_steps - own_then > self.config.prefill + self.limit * updates
 
 
 def _raise_interrupt(signum, frame):

@@ -19,10 +19,11 @@ from torch_dreamer.runs.actor import actor_status
 from torch_dreamer.runs.checkpoint import load_checkpoint
 from torch_dreamer.runs.driver import Driver
 from torch_dreamer.runs.learner import Learner, NonFiniteStop, Rate
-from torch_dreamer.runs.policy_store import clear_stop, publish_policy, request_stop
+from torch_dreamer.runs.policy_store import clear_stop, publish_policy, request_stop, write_json
 from torch_dreamer.runs.spaces import Spaces
 from torch_dreamer.runs.train import holds_chunk, replay_dir
 from torch_dreamer.runs.workers import actor_specs, make_pool
+from torch_dreamer.tools.files import join
 from torch_dreamer.tools.logger import Logger, Progress, default_outputs
 
 REFRESH_S = 1.0      # how often the learner lists the replay for new episodes
@@ -103,8 +104,10 @@ def train_with_workers(config) -> dict:
     try:
         pool.start()
         print(f"Started {len(pool.specs)} {config.worker_backend} workers; prefill {int(config.prefill)} steps.")
+        write_json(join(policy_dir, "progress.json"), {"updates": 0, "step": replay.total_steps})
         while replay.total_steps < config.prefill or not holds_chunk(replay, config.dataset.length):
             _poll(pool, replay, eval_store, loop)
+            write_json(join(policy_dir, "progress.json"), {"updates": 0, "step": replay.total_steps})
             time.sleep(REFRESH_S)
         loop.build_learner()
         learner, ratio = loop.learner, train_ratio(config)
@@ -115,6 +118,8 @@ def train_with_workers(config) -> dict:
             if time.time() - last_refresh >= REFRESH_S:
                 _poll(pool, replay, eval_store, loop)
                 step, last_refresh = replay.total_steps, time.time()
+                # What actors throttle on (limit_step_ratio): one small file, read cheaply from any machine.
+                write_json(join(policy_dir, "progress.json"), {"updates": learner.updates, "step": step})
                 progress.update(step, learner.updates, **loop.last_returns)
             target = config.pretrain + (step - config.prefill) * ratio / (config.dataset.batch * config.dataset.length)
             if learner.updates < target:
