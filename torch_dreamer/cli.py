@@ -47,8 +47,10 @@ def resolve_config(argv: list[str]):
 
 def cmd_train(argv: list[str]) -> int:
     from torch_dreamer.envs import make_vector_env
+    from torch_dreamer.runs.setup import validate_run_keys
 
     config = resolve_config(argv)
+    validate_run_keys(config)  # before any env starts
     make_eval = lambda: make_vector_env(config, "eval", config.envs, config.seed + 10_000)
     if config.offline_dir:
         from torch_dreamer.runs.loops import train_offline

@@ -91,38 +91,6 @@ def test_store_over_memory_url_refreshes(memory_url, make_episode):
 # ----------------------------------------------------------------------------------------- real S3 server
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    """A moto S3 server on a free loopback port, with a bucket ``replay-bucket``; s3fs is pointed at it.
-
-    s3fs gets the endpoint from fsspec's config (``conf['s3']['client_kwargs']``), which every
-    ``s3://`` URL opened through fsspec honours.
-    """
-    pytest.importorskip("s3fs")
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    import s3fs
-
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="replay-bucket")
-        monkeypatch.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": endpoint}})
-        s3fs.S3FileSystem.clear_instance_cache()
-        yield client
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
-
-
 def test_s3_save_list_load_refresh(s3_endpoint, make_episode):
     client, url = s3_endpoint, "s3://replay-bucket/replay"
     store = EpisodeStore(url, capacity=100, minlen=3)

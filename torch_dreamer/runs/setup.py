@@ -13,7 +13,33 @@ import torch
 from torch_dreamer.errors import UserError
 
 
+CHOICES = {
+    "dataset.mode": ("random", "sequential"),
+    "worker_backend": ("process", "ray"),
+    "action_kind": ("auto", "discrete", "continuous"),
+}
+NON_NEGATIVE = ("workers", "eval_workers", "train_ratio", "policy_refresh_s")
+POSITIVE = ("policy_refresh", "dataset.batch", "dataset.length")
+
+
+def validate_run_keys(config) -> None:
+    """The learner/actor keys, checked before the logdir or any env is touched."""
+    flat = config.flat
+    for key, choices in CHOICES.items():
+        if str(flat[key]) not in choices:
+            raise UserError(f"--{key} must be one of {', '.join(choices)}, not '{flat[key]}'")
+    for key in NON_NEGATIVE:
+        if flat[key] < 0:
+            raise UserError(f"--{key} must be >= 0, got {flat[key]}")
+    for key in POSITIVE:
+        if flat[key] <= 0:
+            raise UserError(f"--{key} must be > 0, got {flat[key]}")
+    if config.offline_dir and (config.workers or config.eval_workers or config.learner_only):
+        raise UserError("--offline_dir trains from a fixed dataset; drop --workers/--eval_workers/--learner_only")
+
+
 def prepare_logdir(config) -> pathlib.Path:
+    validate_run_keys(config)
     if str(config.logdir) in ("", "/dev/null"):
         raise UserError("no --logdir given; pass --logdir DIR (a new folder, or an existing run to resume it)")
     logdir = pathlib.Path(str(config.logdir)).expanduser()

@@ -54,7 +54,7 @@ class Trainer:
         self.logger = Logger(self.logdir, config.action_repeat,
                              default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty()))
         self.last_returns: dict = {}
-        self._log_time = (time.perf_counter(), self.step)
+        self._log_time = (time.perf_counter(), self.step, 0)
         self._training = False  # False while prefilling: env steps then only count
         self.train_driver.on_step.append(self.on_train_step)
         self.train_driver.on_episode.append(lambda episode, worker: self.on_episode(episode, "train"))
@@ -98,11 +98,18 @@ class Trainer:
         self.progress.update(self.step, self.updates, **self.last_returns)
 
     def log_metrics(self) -> None:
+        config = self.config
         self.logger.add(self.learner.report())
         now = time.perf_counter()
-        last_time, last_step = self._log_time
-        self.logger.scalar("fps", (self.step - last_step) * self.config.action_repeat / max(now - last_time, 1e-9))
-        self._log_time = (now, self.step)
+        last_time, last_step, last_updates = self._log_time
+        elapsed = max(now - last_time, 1e-9)
+        self.logger.add({
+            "fps": (self.step - last_step) * config.action_repeat / elapsed,
+            "env_steps_per_s": (self.step - last_step) / elapsed,
+            "updates_per_s": (self.updates - last_updates) / elapsed,
+            "replay_ratio": self.updates * config.dataset.batch * config.dataset.length / max(self.step, 1),
+        })
+        self._log_time = (now, self.step, self.updates)
         self.logger.write(self.step)
 
     # ----- checkpoints -----
