@@ -328,3 +328,143 @@ def resolve(names: Iterable[str], overrides: Iterable[str] = (), base: Config | 
             raise UserError(f"unknown config '{name}' (known: {', '.join(blocks)}){hint}")
         config = config.update(blocks[name])
     return config.parse_flags(list(overrides))
+
+
+# ----- value checks: the whole resolved config, before any logdir, file or env is touched -----
+
+ACTIVATIONS = ("elu", "relu", "tanh", "silu", "swish", "gelu", "leaky_relu", "none")
+NORMS = ("none", "layer")
+HEAD_DISTS = ("mse", "binary", "normal", "tanh_normal", "trunc_normal", "onehot")
+ACTOR_DISTS = ("auto", "onehot", "normal", "tanh_normal", "trunc_normal")
+EXPL_BEHAVIORS = ("greedy", "plan2explore", "model_loss", "modelloss", "random")
+CHOICES = {
+    "precision": ("32", "16", "bf16"),
+    "clip_rewards": ("identity", "sign", "tanh"),
+    "actor_grad": ("auto", "reinforce", "dynamics", "both"),
+    "actor.dist": ACTOR_DISTS,
+    "critic.dist": HEAD_DISTS,
+    "reward_head.dist": HEAD_DISTS,
+    "discount_head.dist": HEAD_DISTS,
+    "expl_head.dist": HEAD_DISTS,
+    "rssm.std_act": ("softplus", "sigmoid", "sigmoid2"),
+    "eval_policy": ("task", "explore"),
+    "disag_target": ("stoch", "deter", "embed", "feat"),
+    "expl_model_loss": ("kl",),
+    "envs_parallel": ("none", "process"),
+    "atari_actions": ("minimal", "all"),
+    "minigrid_view": ("partial", "full", "symbolic"),
+    "minihack_obs": ("pixel_crop", "glyphs"),
+    "nonfinite_env": ("error", "drop"),
+    "model_opt.opt": ("adam",),
+    "actor_opt.opt": ("adam",),
+    "critic_opt.opt": ("adam",),
+    "expl_opt.opt": ("adam",),
+}
+AT_LEAST_ONE = ("envs", "action_repeat", "train_every", "train_steps", "eval_every", "log_every", "dataset.batch",
+                "dataset.length", "replay.minlen", "imag_horizon", "rssm.ensemble", "rssm.hidden",
+                "rssm.deter", "rssm.stoch", "encoder.cnn_depth", "decoder.cnn_depth", "reward_head.units",
+                "discount_head.units", "actor.units", "critic.units", "expl_head.units", "disag_models",
+                "slow_target_update")
+NON_NEGATIVE = ("replay.maxlen", "steps", "prefill", "pretrain", "eval_eps", "time_limit", "replay.capacity", "expl_until", "expl_every",
+                "expl_noise", "eval_noise", "rssm.discrete", "rssm.min_std", "actor.min_std", "reward_head.layers",
+                "discount_head.layers", "actor.layers", "critic.layers", "expl_head.layers", "kl.free",
+                "checkpoint_every", "checkpoint_minutes", "max_episode_steps", "disag_offset", "reward_norm.eps",
+                "expl_reward_norm.eps")
+UNIT_INTERVAL = ("discount_lambda", "kl.balance", "reward_norm.momentum", "expl_reward_norm.momentum")
+REGEX_KEYS = ("encoder.mlp_keys", "encoder.cnn_keys", "decoder.mlp_keys", "decoder.cnn_keys", "log_keys_sum",
+              "log_keys_mean", "log_keys_max")
+HEADS = ("decoder", "reward", "discount")
+
+
+def check_schedule(key: str, value) -> None:
+    """A number, or linear(a,b,n) | warmup(n,v) | exp(a,b,h) | horizon(a,b,n) with numbers and n, h != 0."""
+    if not isinstance(value, str):
+        return
+    text = value.replace(" ", "")
+    forms = {"linear": 3, "warmup": 2, "exp": 3, "horizon": 3}
+    match = re.fullmatch(r"(\w+)\((.*)\)", text)
+    if match and match.group(1) in forms:
+        args = match.group(2).split(",")
+        try:
+            numbers = [float(arg) for arg in args]
+        except ValueError:
+            numbers = None
+        if numbers is not None and len(numbers) == forms[match.group(1)]:
+            scale = numbers[0] if match.group(1) == "warmup" else numbers[2]
+            if scale != 0:
+                return
+            raise UserError(f"--{key} {value}: the schedule's duration must not be 0")
+    raise UserError(f"--{key} takes a number or a schedule linear(a,b,n), warmup(n,v), exp(a,b,h) or "
+                    f"horizon(a,b,n), not '{value}'")
+
+
+def validate(config: Config) -> None:
+    """Value checks over the whole resolved config; the first problem is a one-line `UserError`.
+
+    Types were checked when the config was built; this checks ranges and choices, so a mistake such as
+    `--dataset.batch 0`, `--eval_every 0` or a typo in `--actor.dist` stops the command before the logdir,
+    any file or any env is touched (and not after a prefill).
+    """
+    flat = config.flat
+
+    def fail(key, requirement):
+        raise UserError(f"--{key} {requirement}, got {flat[key]!r}")
+
+    for key, choices in CHOICES.items():
+        if key in flat and str(flat[key]) not in choices:
+            fail(key, f"must be one of {', '.join(choices)}")
+    for key in ("rssm.act", "encoder.act", "decoder.act", "reward_head.act", "discount_head.act", "actor.act",
+                "critic.act", "expl_head.act"):
+        if key in flat and flat[key] not in ACTIVATIONS:
+            fail(key, f"must be one of {', '.join(ACTIVATIONS)}")
+    for key in ("rssm.norm", "encoder.norm", "decoder.norm", "reward_head.norm", "discount_head.norm", "actor.norm",
+                "critic.norm", "expl_head.norm"):
+        if key in flat and flat[key] not in NORMS:
+            fail(key, f"must be one of {', '.join(NORMS)}")
+    if str(flat["expl_behavior"]).strip().lower().replace("-", "_") not in EXPL_BEHAVIORS:
+        fail("expl_behavior", "must be one of greedy, plan2explore, model_loss, random")
+    for key in AT_LEAST_ONE:
+        if key in flat and flat[key] < 1:
+            fail(key, "must be >= 1")
+    for key in NON_NEGATIVE:
+        if key in flat and flat[key] < 0:
+            fail(key, "must be >= 0")
+    for key in UNIT_INTERVAL:
+        if key in flat and not 0 <= flat[key] <= 1:
+            fail(key, "must be between 0 and 1")
+    if not 0 < flat["discount"] <= 1:
+        fail("discount", "must be in (0, 1]")
+    if not 0 < flat["slow_target_fraction"] <= 1:
+        fail("slow_target_fraction", "must be in (0, 1]")
+    for block in ("model_opt", "actor_opt", "critic_opt", "expl_opt"):
+        if not flat[f"{block}.lr"] > 0:
+            fail(f"{block}.lr", "must be > 0")
+        if not flat[f"{block}.eps"] > 0:
+            fail(f"{block}.eps", "must be > 0")
+        if flat[f"{block}.clip"] < 0:
+            fail(f"{block}.clip", "must be >= 0 (0 = no clipping)")
+        if not 0 <= flat[f"{block}.wd"] < 1:
+            fail(f"{block}.wd", "must be in [0, 1)")
+    for key in [k for k in flat if k.startswith("loss_scales.")]:
+        if flat[key] < 0:
+            fail(key, "must be >= 0")
+    for key in ("actor_ent", "actor_grad_mix", "expl_intr_scale", "expl_extr_scale"):
+        check_schedule(key, flat[key])
+    for key in REGEX_KEYS:
+        try:
+            re.compile(str(flat[key]))
+        except re.error as error:
+            fail(key, f"must be a valid regular expression ({error})")
+    unknown = [name for name in flat["grad_heads"] if name not in HEADS]
+    if unknown:
+        fail("grad_heads", f"names heads of the world model ({', '.join(HEADS)})")
+    if flat["replay.ongoing"]:
+        fail("replay.ongoing", "(sampling unfinished episodes) is not supported; use False, the official default")
+    if flat["replay.maxlen"] and flat["replay.minlen"] > flat["replay.maxlen"]:
+        fail("replay.minlen", f"must be <= replay.maxlen ({flat['replay.maxlen']})")
+    if len(flat["render_size"]) != 2 or min(flat["render_size"]) < 1:
+        fail("render_size", "must be two sizes >= 1 (height width)")
+    if flat["dmc_camera"] < -1:
+        fail("dmc_camera", "must be >= -1 (-1 = the task's default camera)")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(flat["device"])):
+        fail("device", "must be auto, cpu, cuda or cuda:N")

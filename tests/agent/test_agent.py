@@ -170,3 +170,13 @@ def test_bf16_precision_on_cpu(tiny, space, batch):
 def test_unknown_precision_is_rejected(tiny, space):
     with pytest.raises(ValueError, match="precision"):
         _agent(tiny, space, *IMAGE_ONLY, "--precision", "8")
+
+
+def test_policy_without_is_first_points_to_env_policy(tiny, space):
+    from torch_dreamer.errors import UserError
+
+    agent = Agent(tiny(), space(image=None, vector=4), 2, True)
+    with pytest.raises(UserError, match="EnvPolicy"):
+        agent.policy({"vector": torch.zeros(1, 4)}, None, "eval")
+    with pytest.raises(UserError, match="EnvPolicy"):
+        agent.policy(torch.zeros(4), None, "eval")

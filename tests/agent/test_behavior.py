@@ -151,11 +151,23 @@ def test_actor_loss_both_mix(tiny):
     assert metrics["actor_grad_mix"].item() == pytest.approx(0.3)
     loss.backward()
     assert target.grad[:, 0].tolist() == pytest.approx([0.0, -0.3 * 0.5, -0.3 * 0.45], abs=1e-7)
-    # With `both` the action is not stop-gradiented: d log pi(a) / d a = log p.
-    grad = seq["action"].grad[:, 0].tolist()
-    assert grad[0] == [0.0, 0.0] and grad[3] == [0.0, 0.0]
-    assert grad[1] == pytest.approx([-0.7 * W[0] * ADV[0] * math.log(1 / 2) / 2] * 2, abs=1e-6)
-    assert grad[2] == pytest.approx([-0.7 * W[1] * ADV[1] * math.log(p) / 2 for p in (1 / 3, 2 / 3)], abs=1e-6)
+    # As in the official, log pi(a) treats the one-hot action as a constant: the reinforce term sends no
+    # gradient into the (straight-through) action; only the dynamics term reaches the model, via the return.
+    assert seq["action"].grad is None
+    # The reinforce term still trains the actor: d/dtheta at t = 1 (a = 1) is 0.7 * adv * (1 - p_1) = 0.7 * 3 / 3.
+    dent = -(2 / 3) * (math.log(2 / 3) + ENT[1])
+    assert ac.actor.theta.grad.item() == pytest.approx(-(W[1] * (0.7 * ADV[1] / 3 + 0.1 * dent)) / 2, abs=1e-6)
+
+
+def test_slow_baseline_false_takes_the_reinforce_baseline_from_the_online_critic(tiny):
+    ac = _behavior(tiny, "--actor_grad", "reinforce", "--actor_ent", "0.0", "--slow_baseline", "False")
+    ac.critic = StubCritic(0.0)  # online critic 0: advantages are the returns target[1:] = [7, 13]
+    loss, _ = ac.actor_loss(_seq(), _target())
+    assert loss.item() == pytest.approx(-(W[0] * LOGPI[0] * 7 + W[1] * LOGPI[1] * 13) / 2, abs=1e-6)
+    ac = _behavior(tiny, "--actor_grad", "reinforce", "--actor_ent", "0.0")  # default True: the slow critic
+    ac.critic = StubCritic(0.0)
+    loss, _ = ac.actor_loss(_seq(), _target())
+    assert loss.item() == pytest.approx(-(W[0] * LOGPI[0] * ADV[0] + W[1] * LOGPI[1] * ADV[1]) / 2, abs=1e-6)
 
 
 def test_actor_grad_mix_and_entropy_follow_schedules(tiny):

@@ -72,6 +72,36 @@ def test_onehot_from_probs():
     assert dist.log_prob(torch.tensor([0.0, 1.0])).item() == pytest.approx(math.log(0.75), abs=1e-6)
 
 
+def test_onehot_log_prob_stops_the_gradient_into_the_value():
+    # The official log_prob of a one-hot value treats the value as a constant: gradients reach the logits only.
+    logits = torch.tensor([0.0, math.log(2.0)], requires_grad=True)  # probs 1/3, 2/3
+    value = torch.tensor([0.0, 1.0], requires_grad=True)
+    logp = dists.OneHotDist(logits=logits).log_prob(value)
+    logp.backward()
+    assert value.grad is None
+    assert logits.grad.tolist() == pytest.approx([-1 / 3, 1 / 3], abs=1e-6)  # d log p_1 / d logits = e_1 - p
+
+
+def test_importing_dists_leaves_torch_validation_on():
+    import subprocess
+    import sys
+
+    code = ("import torch; import torch_dreamer.agent.dists, torch_dreamer.agent.agent; "
+            "assert torch.distributions.Distribution._validate_args; "
+            "import pytest\n"
+            "try:\n    torch.distributions.Normal(0.0, -1.0)\nexcept ValueError:\n    print('validated')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "validated", out.stderr[-500:]
+
+
+def test_tanh_normal_sample_dist_mode_takes_each_rows_own_best_sample():
+    # The official SampleDist.mode gathers every row with row 0's argmax; ours takes each row's own.
+    torch.manual_seed(0)
+    dist = dists.tanh_normal(torch.tensor([[-2.0], [0.0], [2.0]]), torch.tensor([[0.05], [0.05], [0.05]]))
+    mode = dists.mode(dist)
+    assert mode[:, 0].tolist() == pytest.approx([math.tanh(-2.0), 0.0, math.tanh(2.0)], abs=0.05)
+
+
 # ----- TruncNormalDist -----
 
 def _phi(x):
@@ -87,11 +117,12 @@ def _fixed_uniform(monkeypatch, value):
 
 
 def test_trunc_normal_inverse_cdf_sample_and_implicit_gradient(monkeypatch):
+    # actor.trunc_grad exact: the implicit gradient of the inverse-CDF sample.
     loc0, scale0, u = 0.3, 0.5, 0.5
     loc = torch.tensor([loc0], requires_grad=True)
     scale = torch.tensor([scale0], requires_grad=True)
     _fixed_uniform(monkeypatch, u)
-    sample = dists.TruncNormalDist(loc, scale, -1, 1).sample()
+    sample = dists.TruncNormalDist(loc, scale, -1, 1, grad="exact").sample()
     # By hand: the u-quantile of N(loc, scale) restricted to [-1, 1].
     a, b = (-1 - loc0) / scale0, (1 - loc0) / scale0          # -2.6, 1.4
     q = _cdf(a) + u * (_cdf(b) - _cdf(a))
@@ -104,6 +135,49 @@ def test_trunc_normal_inverse_cdf_sample_and_implicit_gradient(monkeypatch):
     dscale = s - ((1 - u) * a * _phi(a) + u * b * _phi(b)) / _phi(s)
     assert loc.grad.item() == pytest.approx(dloc, abs=1e-4)
     assert scale.grad.item() == pytest.approx(dscale, abs=1e-4)
+
+
+@pytest.mark.parametrize("loc0,scale0,u", [(0.3, 0.5, 0.5), (0.5, 1.0, 0.5), (-0.6, 0.3, 0.2), (0.9, 2.0, 0.7)])
+def test_trunc_normal_default_gradient_is_the_official_location_scale_pass_through(monkeypatch, loc0, scale0, u):
+    # The official samples through TFP, whose gradient treats the standardised sample as a constant:
+    # ds/dloc = 1, ds/dscale = (s - loc) / scale; the truncation bounds get none.
+    loc = torch.tensor([loc0], requires_grad=True)
+    scale = torch.tensor([scale0], requires_grad=True)
+    _fixed_uniform(monkeypatch, u)
+    dist = dists.TruncNormalDist(loc, scale, -1, 1)
+    assert dist.grad == "official"
+    sample = dist.sample()
+    a, b = (-1 - loc0) / scale0, (1 - loc0) / scale0
+    s = math.sqrt(2) * _inverse_erf(2 * (_cdf(a) + u * (_cdf(b) - _cdf(a))) - 1)
+    assert sample.item() == pytest.approx(loc0 + scale0 * s, abs=1e-5)  # the same sample as `exact`
+    (3.0 * sample).sum().backward()
+    assert loc.grad.item() == pytest.approx(3.0, abs=1e-6)
+    assert scale.grad.item() == pytest.approx(3.0 * s, abs=1e-4)
+    # By hand for (0.5, 1.0, 0.5): a = -1.5, b = 0.5, s = Phi^-1(0.37913) = -0.30775.
+    if (loc0, scale0, u) == (0.5, 1.0, 0.5):
+        assert scale.grad.item() == pytest.approx(3.0 * -0.30775, abs=1e-4)
+        exact = 1 - ((1 - u) * _phi(a) + u * _phi(b)) / _phi(s)
+        assert exact == pytest.approx(0.3672, abs=1e-3)  # what `exact` would give instead of 1
+
+
+def test_trunc_normal_gradients_through_the_actor_head(tiny):
+    from torch_dreamer.agent.behavior import ActorCritic
+
+    feat = torch.randn(64, 8)
+    for grad in ("official", "exact"):
+        ac = ActorCritic(tiny("--actor.trunc_grad", grad), 8, 2, discrete=False)
+        dist = ac.actor(feat)
+        assert dist.base_dist.grad == grad
+        torch.manual_seed(0)
+        sample = dist.rsample()
+        loc = dist.base_dist.loc
+        (dloc,) = torch.autograd.grad(sample.sum(), loc)
+        if grad == "official":
+            assert torch.equal(dloc, torch.ones_like(dloc))
+        else:
+            assert (dloc < 1).all() and (dloc > 0).all()
+    with pytest.raises(Exception, match="trunc_grad must be official or exact"):
+        ActorCritic(tiny("--actor.trunc_grad", "tfp"), 8, 2, discrete=False)
 
 
 def _inverse_erf(y):
@@ -124,11 +198,17 @@ def test_trunc_normal_clip_is_straight_through(monkeypatch):
     raw = loc0 + scale0 * s
     assert 0.9 < raw < 1.0  # beyond the 0.9 bound of clip=0.1
     loc = torch.tensor([loc0], requires_grad=True)
-    sample = dists.TruncNormalDist(loc, torch.tensor([scale0]), -1, 1, clip=0.1).sample()
+    sample = dists.TruncNormalDist(loc, torch.tensor([scale0]), -1, 1, clip=0.1, grad="exact").sample()
     assert sample.item() == pytest.approx(0.9, abs=1e-6)
     sample.sum().backward()
     assert loc.grad.item() == pytest.approx(1 - ((1 - u) * _phi(a) + u * _phi(b)) / _phi(s), abs=1e-4)
     assert loc.grad.item() != 0.0
+    # The official gradient passes through the clip too.
+    loc = torch.tensor([loc0], requires_grad=True)
+    sample = dists.TruncNormalDist(loc, torch.tensor([scale0]), -1, 1, clip=0.1).sample()
+    assert sample.item() == pytest.approx(0.9, abs=1e-6)
+    sample.sum().backward()
+    assert loc.grad.item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_trunc_normal_samples_stay_inside_default_clip():

@@ -152,8 +152,9 @@ def test_refresh_never_rereads_known_files(tmp_path, make_episode, monkeypatch):
     (tmp_path / f"20240105T000000-{uuid.uuid4().hex}-10.npz").write_bytes(b"corrupt")
     with pytest.warns(UserWarning, match="20240105T000000"):
         store = EpisodeStore(tmp_path, capacity=20, minlen=3)
-    assert _markers(store) == [2]  # newest until capacity; the corrupt file counted its 10 steps
-    assert store.stats() == {"total_steps": 42, "total_episodes": 5, "loaded_steps": 10, "loaded_episodes": 1}
+    # Newest until capacity: the corrupt file holds nothing, so it neither counts nor fills the capacity.
+    assert _markers(store) == [1, 2]
+    assert store.stats() == {"total_steps": 32, "total_episodes": 4, "loaded_steps": 20, "loaded_episodes": 2}
 
     loads = []
     real_load = eps.load_episode
@@ -171,7 +172,7 @@ def test_refresh_never_rereads_known_files(tmp_path, make_episode, monkeypatch):
         assert store.refresh() == 0
     assert len(loads) == 2
     assert _markers(store) == [4, 5]
-    assert store.total_episodes == 8 and store.total_steps == 72
+    assert store.total_episodes == 6 and store.total_steps == 52  # the two corrupt files count nothing
 
 
 def test_fifo_capacity_across_refresh(tmp_path, make_episode):

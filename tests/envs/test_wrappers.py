@@ -91,6 +91,43 @@ def test_float_image_in_unit_range_is_scaled():
     assert obs["image"].dtype == np.uint8 and np.all(obs["image"] == 255)
 
 
+class ChannelFirstEnv(ToyEnv):
+    """Gives (C, H, W) images whose channel c is filled with the value c + 1 (so a garbled layout shows)."""
+
+    def _obs(self):
+        shape = self.observation_space.shape
+        value = np.arange(1, shape[0] + 1, dtype=np.float32)[:, None, None] * np.ones(shape, np.float32)
+        return value.astype(self.observation_space.dtype) if self.observation_space.dtype == np.uint8 else value / 10
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        return self._obs(), reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("dtype,high", [(np.uint8, 255), (np.float32, 1.0)])
+def test_channel_first_images_are_transposed(h, dtype, high):
+    env = wrap_env(ChannelFirstEnv(spaces.Box(0, high, (3, 48, 40), dtype)), _config())
+    assert env.observation_space["image"].shape == (64, 64, 3)
+    obs, _ = env.reset()
+    expected = [1, 2, 3] if dtype == np.uint8 else [26, 51, 77]  # 0.1, 0.2, 0.3 (float32) x 255, rounded
+    assert obs["image"].shape == (64, 64, 3) and obs["image"][10, 20].tolist() == expected
+    h.check_env(env, image=(64, 64, 3))
+    stacked = wrap_env(ToyEnv(spaces.Dict({"frames": spaces.Box(0, 255, (4, 84, 84), np.uint8)})), _config())
+    assert stacked.observation_space["frames"].shape == (64, 64, 4)
+
+
+def test_ambiguous_image_layout_is_a_one_line_error():
+    with pytest.raises(UserError, match=r"\(C, H, W\) or \(H, W, C\)"):
+        wrap_env(ToyEnv(spaces.Box(0, 255, (3, 64, 4), np.uint8)), _config())
+    # Channel-last stays as it is, even when the height is small.
+    assert wrap_env(ToyEnv(spaces.Box(0, 255, (4, 4, 3), np.uint8)), _config()).observation_space["image"].shape \
+        == (64, 64, 3)
+
+
 def test_top_level_spaces(h):
     image = wrap_env(ToyEnv(spaces.Box(0, 255, (30, 40), np.uint8)), _config())
     assert image.observation_space["image"].shape == (64, 64, 1)

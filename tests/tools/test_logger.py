@@ -127,16 +127,70 @@ def test_metrics_averager_means_and_reset():
 def test_progress_disabled_and_enabled():
     with Progress(total=100, initial=10, disable=True) as progress:
         progress.update(20, updates=3, train_return=1.0)
+    assert Progress.live() is None
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _progress(monkeypatch, total=6000):
+    clock = FakeClock()
+    monkeypatch.setattr("torch_dreamer.tools.logger.time.perf_counter", clock)
     stream = io.StringIO()
-    progress = Progress(total=100, initial=0, disable=False, multiplier=4, file=stream)
-    progress._last = (progress._last[0] - 1.0, 0, 0)  # pretend a second has passed
-    progress.update(50, updates=10, train_return=2.5, eval_return=3.0)
-    progress.bar.refresh()
-    text = stream.getvalue()
+    return Progress(total=total, initial=0, disable=False, file=stream), stream, clock
+
+
+def test_progress_eta_excludes_the_prefill_and_shows_one_rate(monkeypatch):
+    progress, stream, clock = _progress(monkeypatch)
+    assert stream.getvalue() == ""  # no bar before the first update: `Prefill dataset` prints whole
+    progress.update(1000, updates=0)  # the prefill: fast random steps, no updates
+    assert "1000/6000" in stream.getvalue() and "prefill" in stream.getvalue()
+    clock.now += 1
+    progress.update(1000, updates=1)  # training starts: the rate and ETA count from here
+    clock.now += 10
+    progress.update(2000, updates=200)  # 1000 steps in 10 s: 100 steps/s, 4000 steps left: 40 s
+    text = stream.getvalue().split("\r")[-2:]
+    assert any("2000/6000" in t and "<00:40, 100 steps/s]" in t for t in text), text
+    assert "fps" not in stream.getvalue() and "upd/s" not in stream.getvalue()
+    clock.now += 50
+    progress.update(6000, updates=1000)
     progress.close()
-    assert "50/100" in text and "train_return=2.5" in text and "eval_return=3" in text
-    assert "fps=" in text and "upd/s=" in text
-    assert not math.isnan(float(text.split("fps=")[1].split(",")[0]))
+    final = stream.getvalue()
+    assert "6000/6000" in final and "<00:00, 83.3 steps/s]" in final  # the run's average, never 0
+
+
+def test_progress_redraws_on_time_not_on_every_call(monkeypatch):
+    progress, stream, clock = _progress(monkeypatch)
+    progress.update(1, updates=1)
+    drawn = stream.getvalue()
+    for step in range(2, 500):  # called every env step: no redraw within REFRESH_S
+        progress.update(step, updates=1)
+    assert stream.getvalue() == drawn
+    clock.now += Progress.REFRESH_S
+    progress.update(500, updates=2)  # the next call after REFRESH_S redraws, episode end or not
+    assert "500/6000" in stream.getvalue()
+    progress.close()
+
+
+def test_status_line_shows_returns_and_the_losses_terminal_output_writes(monkeypatch):
+    progress, stream, clock = _progress(monkeypatch)
+    progress.update(100, updates=0, train_return=np.float32(23.456))
+    logger = Logger("unused", multiplier=2, outputs=[TerminalOutput()])  # a live session: lines and bar share
+    logger.add({"model_loss": torch.tensor(1.2345), "actor_loss": -0.5312, "image_loss": 3.0, "fps": 12345.0})
+    clock.now += 1
+    logger.write(150)
+    text = stream.getvalue()
+    assert "[300] actor_loss -0.53 / fps 1.2e4 / model_loss 1.23\n" in text  # the official format, above the bar
+    status = [part for part in text.split("\r") if part.startswith("train_return")][-1]
+    assert "train_return 23.46" in status and "model_loss 1.23" in status and "actor_loss -0.53" in status
+    assert "fps" not in status  # one rate: the bar's
+    progress.close()
+    assert Progress.live() is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -28,7 +28,7 @@ class Agent(nn.Module):
         self.config, self.act_dim, self.discrete = config, act_dim, discrete
         self.obs_space = {k: (tuple(shape), str(np.dtype(dtype))) for k, (shape, dtype) in obs_space.items()}
         self.wm = WorldModel(config, {k: s for k, (s, _) in self.obs_space.items()}, act_dim)
-        self.model_opt = Optimizer("model", self.wm.parameters(), **config.model_opt, precision=config.precision)
+        self.model_opt = Optimizer("model", self.wm.model_parameters(), **config.model_opt, precision=config.precision)
         self.task_behavior = ActorCritic(config, self.wm.rssm.feat_size, act_dim, discrete)
         self.expl_behavior = self._make_expl_behavior()
         self.step = 0  # environment steps, for schedules; set by the run loop
@@ -83,8 +83,13 @@ class Agent(nn.Module):
     def policy(self, obs: dict, state=None, mode: str = "train"):
         """One action per environment. obs: {key: (B, ...)} tensors incl. is_first (B,).
 
-        state: (latent, previous action) or None. Returns (action (B, A) float, new state).
+        state: (latent, previous action) or None. Returns (action (B, A) float, new state): one-hot rows
+        for discrete actions, values in [-1, 1] otherwise. To act in a raw env (raw observations in, env
+        actions out, state kept for you) use `torch_dreamer.api.EnvPolicy(agent, env)`.
         """
+        if not isinstance(obs, dict) or "is_first" not in obs:
+            raise UserError("agent.policy takes batched observations in the agent's keys plus 'is_first' (B,); "
+                            "for raw env observations use torch_dreamer.api.EnvPolicy(agent, env)")
         return self._run(self._policy, obs, state, mode)
 
     @torch.no_grad()
@@ -125,7 +130,7 @@ class Agent(nn.Module):
         if self.discrete:
             probs = amount / action.shape[-1] + (1 - amount) * action
             return dists.OneHotDist(probs=probs).sample()
-        return torch.clamp(torch.distributions.Normal(action, amount).sample(), -1, 1)
+        return torch.clamp(torch.distributions.Normal(action, amount, validate_args=False).sample(), -1, 1)
 
     # ----- learning -----
 
@@ -144,6 +149,7 @@ class Agent(nn.Module):
         with self.autocast():
             model_loss, post, metrics, kl_value = self.wm.loss(data, state)
         metrics.update(self.model_opt(model_loss))
+        metrics.update(self.wm.train_probes(post, data, self.autocast))  # stop-gradient probes, own optimizer
         reward_fn = lambda seq: dists.mode(self.wm.heads["reward"](seq["feat"]))
         metrics.update(self.task_behavior.train_step(self.wm, post, data["is_terminal"], reward_fn, self.autocast))
         if self.expl_behavior is not None:
@@ -158,12 +164,14 @@ class Agent(nn.Module):
         for key in self.config.log_keys_video:
             if key in self.wm.heads["decoder"].cnn_keys:
                 videos[f"openl_{key}"] = self.wm.video_pred(data, key)
+        videos.update(self.wm.probe_report(data))  # probe images (the map probe), {} without probes
         return videos
 
     # ----- checkpoints -----
 
     def optimizers(self) -> dict:
         opts = {"model": self.model_opt, "actor": self.task_behavior.actor_opt, "critic": self.task_behavior.critic_opt}
+        opts.update(self.wm.optimizers())  # the probes' optimizer, when probes train on stop-gradient features
         if self.expl_behavior is not None:
             opts.update(self.expl_behavior.optimizers())
         return opts

@@ -11,6 +11,7 @@ from torch import nn
 from torch_dreamer.agent import dists
 from torch_dreamer.agent.nets import MLP
 from torch_dreamer.agent.optim import Optimizer
+from torch_dreamer.errors import UserError
 
 
 def schedule(value, step: int) -> float:
@@ -70,6 +71,30 @@ class StreamNorm(nn.Module):
         return outputs, {k: v.detach() for k, v in metrics.items()}
 
 
+TRUNC_GRADS = dists.TruncNormalDist.GRADS
+
+
+class Actor(MLP):
+    """The actor MLP; for `trunc_normal` actions its samples take the `trunc_grad` gradient.
+
+    `official` (default): TFP's location-scale pass-through, as the official DreamerV2; `exact`: the
+    implicit gradient of the inverse-CDF sample (see `dists.TruncNormalDist`).
+    """
+
+    def __init__(self, inp: int, shape, trunc_grad: str = "official", **kwargs):
+        if trunc_grad not in TRUNC_GRADS:
+            raise UserError(f"actor.trunc_grad must be official or exact, not '{trunc_grad}'")
+        super().__init__(inp, shape, **kwargs)
+        self.trunc_grad = trunc_grad
+
+    def forward(self, x):
+        dist = super().forward(x)
+        base = getattr(dist, "base_dist", dist)
+        if isinstance(base, dists.TruncNormalDist):
+            base.grad = self.trunc_grad
+        return dist
+
+
 class ActorCritic(nn.Module):
     def __init__(self, config, feat_size: int, act_dim: int, discrete: bool, prefix: str = ""):
         super().__init__()
@@ -78,7 +103,7 @@ class ActorCritic(nn.Module):
         if actor_config["dist"] == "auto":
             actor_config["dist"] = "onehot" if discrete else "trunc_normal"
         self.actor_grad = config.actor_grad if config.actor_grad != "auto" else ("reinforce" if discrete else "dynamics")
-        self.actor = MLP(feat_size, act_dim, **actor_config)
+        self.actor = Actor(feat_size, act_dim, **actor_config)
         self.critic = MLP(feat_size, (), **config.critic)
         if config.slow_target:
             self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -131,7 +156,9 @@ class ActorCritic(nn.Module):
         if self.actor_grad == "dynamics":
             objective = target[1:]
         elif self.actor_grad in ("reinforce", "both"):
-            baseline = dists.mode(self.slow_critic(seq["feat"][:-2])).float()
+            # slow_baseline (unused by the official, which always takes the slow critic): False uses the online critic.
+            critic = self.slow_critic if self.config.slow_baseline else self.critic
+            baseline = dists.mode(critic(seq["feat"][:-2])).float()
             advantage = (target[1:] - baseline).detach()
             action = seq["action"][1:-1]
             action = action.detach() if self.actor_grad == "reinforce" else action

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import distributions as td
 
 
-# Argument validation costs more than the math on small networks; the agent checks its own shapes.
-td.Distribution.set_default_validate_args(False)
+# Argument validation costs more than the math on small networks; the agent checks its own shapes. It is
+# switched off per distribution (validate_args=False), never globally, so user code keeps torch's default.
+_NO_CHECKS = {"validate_args": False}
 
 
 class OneHotDist:
@@ -56,7 +57,9 @@ class OneHotDist:
         return self.probs
 
     def log_prob(self, value):
-        return self._sum((value.float() * self.logits).sum(-1))
+        # The value is a constant, as in the official (TFP's one-hot log_prob): with `actor_grad both` the
+        # straight-through action must not get a gradient from log pi(a) * advantage.
+        return self._sum((value.detach().float() * self.logits).sum(-1))
 
     def entropy(self):
         return self._sum(-(self.probs * self.logits).sum(-1))
@@ -68,15 +71,28 @@ def kl_onehot(lhs: OneHotDist, rhs: OneHotDist) -> torch.Tensor:
 
 
 class TruncNormalDist(td.Distribution):
-    """Normal truncated to [low, high]; reparameterised samples clipped by `clip` straight-through."""
+    """Normal truncated to [low, high]; reparameterised samples clipped by `clip` straight-through.
+
+    `grad` picks the gradient of a sample s with respect to loc and scale:
+    - "official" (default): TensorFlow Probability's, which the official DreamerV2 trains with: the
+      location-scale pass-through s = loc + scale * sg((s - loc) / scale), so ds/dloc = 1,
+      ds/dscale = (s - loc) / scale, and the truncation bounds get no gradient;
+    - "exact": the implicit gradient of the inverse-CDF sample, which also moves the sample through the
+      truncation bounds' dependence on loc and scale (`actor.trunc_grad exact`).
+    Both draw the same samples; only the backward pass differs.
+    """
 
     arg_constraints = {}
     has_rsample = True
+    GRADS = ("official", "exact")
 
-    def __init__(self, loc, scale, low=-1.0, high=1.0, clip=1e-6, mult=1.0):
+    def __init__(self, loc, scale, low=-1.0, high=1.0, clip=1e-6, mult=1.0, grad="official"):
+        if grad not in self.GRADS:
+            raise ValueError(f"trunc_grad must be official or exact, not '{grad}'")
         self.loc, self.scale = loc.float(), scale.float()
         self.low, self.high, self._clip, self._mult = low, high, clip, mult
-        self._normal = td.Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc))
+        self.grad = grad
+        self._normal = td.Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc), **_NO_CHECKS)
         self._alpha = (low - self.loc) / self.scale
         self._beta = (high - self.loc) / self.scale
         self._cdf_alpha = self._normal.cdf(self._alpha)
@@ -86,10 +102,14 @@ class TruncNormalDist(td.Distribution):
     def rsample(self, sample_shape=torch.Size()):
         shape = torch.Size(sample_shape) + self.loc.shape
         uniform = torch.rand(shape, device=self.loc.device)
-        # Inverse-CDF sampling keeps the sample differentiable in loc and scale.
-        p = (self._cdf_alpha + uniform * self._z).clamp(1e-7, 1 - 1e-7)
-        event = self.loc + self.scale * math.sqrt(2) * torch.erfinv(2 * p - 1)
-        event = event.clamp(self.low, self.high)
+        exact = self.grad == "exact"
+        # Inverse-CDF sampling; with `exact` the sample stays differentiable through it in loc and scale.
+        with torch.set_grad_enabled(exact and torch.is_grad_enabled()):
+            p = (self._cdf_alpha + uniform * self._z).clamp(1e-7, 1 - 1e-7)
+            event = (self.loc + self.scale * math.sqrt(2) * torch.erfinv(2 * p - 1)).clamp(self.low, self.high)
+            standard = None if exact else (event - self.loc) / self.scale
+        if not exact:  # TFP's gradient: the standardised sample is a constant
+            event = self.loc + self.scale * standard
         if self._clip:
             clipped = event.clamp(self.low + self._clip, self.high - self._clip)
             event = event - event.detach() + clipped.detach()
@@ -132,6 +152,8 @@ class SampleDist:
 
     @property
     def mode(self):
+        # The most likely of the samples, for each batch row. The official gathers with row 0's index for
+        # every row (tf.gather(sample, argmax(logprob))[0]); we take each row's own (a deliberate fix).
         sample = self._dist.rsample((self._samples,))
         logprob = self._dist.log_prob(sample)
         index = logprob.argmax(0)
@@ -149,10 +171,10 @@ class SampleDist:
 
 
 def tanh_normal(mean, std):
-    base = td.Normal(mean.float(), std.float())
+    base = td.Normal(mean.float(), std.float(), **_NO_CHECKS)
     # cache_size=1 lets log_prob of our own samples skip atanh, which is unstable at +-1.
-    dist = td.TransformedDistribution(base, [td.TanhTransform(cache_size=1)])
-    return SampleDist(td.Independent(dist, 1))
+    dist = td.TransformedDistribution(base, [td.TanhTransform(cache_size=1)], **_NO_CHECKS)
+    return SampleDist(td.Independent(dist, 1, **_NO_CHECKS))
 
 
 class MSEDist:

@@ -65,19 +65,31 @@ def mlp_trunk(inp: int, layers: int, units: int, act: str, norm: str) -> nn.Sequ
 class DistHead(nn.Module):
     """Maps features to a distribution over `shape` (the official DistLayer).
 
-    dist: mse | binary | onehot | normal | tanh_normal | trunc_normal.
+    dist: mse | binary | onehot | normal | tanh_normal | trunc_normal | categorical (a categorical over
+    linspace(low, high, bins) trained with two-hot targets, symlog'd when `symlog`; `heads.TwoHotDist`).
     """
 
-    def __init__(self, inp: int, shape: tuple, dist: str = "mse", min_std: float = 0.1, init_std: float = 0.0):
+    def __init__(self, inp: int, shape: tuple, dist: str = "mse", min_std: float = 0.1, init_std: float = 0.0,
+                 bins: int = 255, low: float = -20.0, high: float = 20.0, symlog: bool = False):
         super().__init__()
         self.shape, self.dist, self.min_std, self.init_std = tuple(shape), dist, min_std, init_std
         size = int(math.prod(self.shape))
+        if dist == "categorical":
+            if int(bins) < 2 or not float(high) > float(low):
+                raise ValueError(f"a categorical head needs bins >= 2 and high > low, got {bins}, [{low}, {high}]")
+            self.support = (int(bins), float(low), float(high), bool(symlog))
+            size *= int(bins)
         self.out = nn.Linear(inp, size)
         self.std = nn.Linear(inp, size) if dist in ("normal", "tanh_normal", "trunc_normal") else None
 
     def forward(self, x):
-        out = self.out(x).float().reshape(x.shape[:-1] + self.shape)
         dims = len(self.shape)
+        if self.dist == "categorical":
+            from torch_dreamer.agent.heads import TwoHotDist  # heads builds on this module
+
+            bins, low, high, symlog = self.support
+            return TwoHotDist(self.out(x).float().reshape(x.shape[:-1] + self.shape + (bins,)), low, high, symlog, dims)
+        out = self.out(x).float().reshape(x.shape[:-1] + self.shape)
         if self.dist == "mse":
             return dists.MSEDist(out, dims)
         if self.dist == "binary":
@@ -99,11 +111,12 @@ class MLP(nn.Module):
     """`layers` x Dense+norm+act, then a DistHead (the official MLP)."""
 
     def __init__(self, inp: int, shape, layers: int, units: int, act: str = "elu", norm: str = "none",
-                 dist: str = "mse", min_std: float = 0.1, **unused):
+                 dist: str = "mse", min_std: float = 0.1, bins: int = 255, low: float = -20.0, high: float = 20.0,
+                 symlog: bool = False, **unused):
         super().__init__()
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.trunk = mlp_trunk(inp, layers, units, act, norm)
-        self.head = DistHead(units if layers else inp, shape, dist, min_std)
+        self.head = DistHead(units if layers else inp, shape, dist, min_std, bins=bins, low=low, high=high, symlog=symlog)
         glorot_(self)
 
     def forward(self, x):

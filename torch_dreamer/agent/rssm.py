@@ -165,6 +165,20 @@ class RSSM(nn.Module):
         loss = mix * _free(value_lhs, free, free_avg) + (1 - mix) * _free(value_rhs, free, free_avg)
         return loss, value
 
+    def sampled_kl(self, post: dict, prior: dict, balance=0.8, **unused):
+        """Single-sample KL log q(z) - log p(z) at the posterior sample z = post['stoch'], per step.
+
+        The IWAE bound needs it (PyDreamer's `iwae_samples`). KL balancing splits the gradient as in
+        `kl_loss` (the posterior term reaches q and z, the prior term only p); the value is one sample's KL.
+        Returns (loss (T, B), value (T, B)).
+        """
+        sg = lambda state: {k: v.detach() for k, v in state.items()}
+        z = post["stoch"]
+        post_grad = self.dist(post).log_prob(z) - self.dist(sg(prior)).log_prob(z)
+        prior_grad = self.dist(sg(post)).log_prob(z.detach()) - self.dist(prior).log_prob(z.detach())
+        mix = 1 - balance
+        return mix * post_grad + (1 - mix) * prior_grad, post_grad.detach()
+
 
 def _free(value: torch.Tensor, free: float, free_avg: bool) -> torch.Tensor:
     if free_avg:

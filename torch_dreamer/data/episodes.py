@@ -21,14 +21,15 @@ import io
 import os
 import uuid
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from torch_dreamer.tools.files import atomic_write
+from torch_dreamer.tools.files import DiskFull, atomic_write
 
 Episode = dict[str, np.ndarray]
 Location = str | os.PathLike  # a local path or an fsspec URL
@@ -205,8 +206,11 @@ def save_episode(directory: Location, episode: Episode) -> Path | str:
     if isinstance(where, Path):
         where.mkdir(parents=True, exist_ok=True)
         path = where / name
-        with atomic_write(path, f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}-{name}.part") as f:
-            f.write(buffer.getbuffer())
+        try:
+            with atomic_write(path, f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}-{name}.part") as f:
+                f.write(buffer.getbuffer())
+        except DiskFull:
+            raise DiskFull(path, buffer.tell()) from None
         return path
     fs, root = url_to_fs(where)
     target = f"{root.rstrip('/')}/{name}"
@@ -260,22 +264,169 @@ def select_newest(paths: Iterable[Location], capacity: int | None = None, minlen
     return chosen
 
 
-def load_files(paths: Iterable[Location], capacity: int | None = None, minlen: int = 1) -> dict[str, Episode]:
+def load_files(paths: Iterable[Location], capacity: int | None = None, minlen: int = 1,
+               spec: Spec | None = None) -> dict[str, Episode]:
     """Load the newest of ``paths`` until ``capacity`` steps (see `select_newest`), keyed by path string.
 
-    The dict is ordered oldest -> newest (insertion order = FIFO order). Unreadable or corrupt files
-    are skipped with one ``warnings.warn`` line naming the file; the rest still loads.
+    The dict is ordered oldest -> newest (insertion order = FIFO order). Unreadable or corrupt files,
+    and files that do not match ``spec`` (see `check_layout`) or hold NaN/inf, are skipped with one
+    ``warnings.warn`` line naming the file (and the key); the rest still loads.
     """
+    episodes = read_files(list(reversed(select_newest(paths, capacity, minlen))), spec)
+    return {key: episode for key, episode in episodes.items() if eplen(episode) >= minlen}
+
+
+# ----- validation: does a file hold an episode this run can train on? -----
+
+Spec = dict  # {key: (shape of one step, numpy dtype)}: observation keys, "action" and "reward"
+
+
+class EpisodeMismatch(ValueError):
+    """An episode that loads but cannot join this replay; the message names the key."""
+
+
+def canonical_dtype(dtype) -> np.dtype:
+    """The dtype `normalize_episode` gives an array: floats float32, signed ints int32, the rest unchanged."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return np.dtype(np.float32)
+    if np.issubdtype(dtype, np.signedinteger):
+        return np.dtype(np.int32)
+    return dtype
+
+
+def check_layout(layout: dict, spec: Spec | None = None) -> str | None:
+    """What is wrong with an episode of arrays ``{key: (full shape, dtype)}``, or None when it can be used.
+
+    Always: ``action (T+1, A)`` and ``reward (T+1,)`` exist and every array has the leading length
+    ``T + 1 >= 1``. With ``spec`` ({key: (step shape, dtype)}, dtypes canonical): each key of the spec
+    exists with that step shape and dtype (extra keys, such as the official ``discount``, are fine).
+    """
+    for key in ("action", "reward"):
+        if key not in layout:
+            return f"no '{key}' array"
+    lengths = {key: (shape[0] if len(shape) else None) for key, (shape, _) in layout.items()}
+    size = lengths["action"]
+    if size is None or size < 1:
+        return f"'action' has shape {tuple(layout['action'][0])}, not (T + 1, A)"
+    for key, length in lengths.items():
+        if length != size:
+            return f"'{key}' has {length if length is not None else 'no'} rows, 'action' has {size}"
+    if len(layout["action"][0]) != 2:
+        return f"'action' has shape {tuple(layout['action'][0])}, not (T + 1, A)"
+    for key, (shape, dtype) in (spec or {}).items():
+        if key not in layout:
+            return f"no '{key}' array (this run's episodes have one)"
+        got_shape, got_dtype = tuple(layout[key][0][1:]), canonical_dtype(layout[key][1])
+        if got_shape != tuple(shape):
+            return f"'{key}' has steps of shape {got_shape}, this run's are {tuple(shape)}"
+        if got_dtype != canonical_dtype(dtype):
+            return f"'{key}' is {got_dtype}, this run's is {canonical_dtype(dtype)}"
+    return None
+
+
+def check_episode(episode: Episode, spec: Spec | None = None) -> None:
+    """Raises `EpisodeMismatch` naming the key when a loaded episode cannot join a replay of ``spec``
+    (see `check_layout`) or when a float array holds NaN or inf."""
+    problem = check_layout({key: (value.shape, value.dtype) for key, value in episode.items()}, spec)
+    if problem is None:
+        for key, value in episode.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                problem = f"'{key}' holds non-finite values (NaN or inf)"
+                break
+    if problem:
+        raise EpisodeMismatch(problem)
+
+
+def read_episode(path: Location, spec: Spec | None = None) -> Episode:
+    """`load_episode` followed by `check_episode`: the episode, or an exception naming what is wrong."""
+    episode = load_episode(path)
+    check_episode(episode, spec)
+    return episode
+
+
+def _skip_warning(path, error: Exception) -> None:
+    if isinstance(error, EpisodeMismatch):
+        reason = str(error)
+    else:
+        reason = f"unreadable ({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})"
+    warnings.warn(f"skipping episode file {path}: {reason}", stacklevel=4)
+
+
+def read_files(paths: Iterable[Location], spec: Spec | None = None) -> dict[str, Episode]:
+    """Every readable, valid episode of ``paths`` (kept in their order), keyed by path string; each
+    other file is skipped with one warning naming it and the reason (the key, for a mismatch)."""
     episodes: dict[str, Episode] = {}
-    for path in reversed(select_newest(paths, capacity, minlen)):
+    for path in paths:
         try:
-            episode = load_episode(path)
-        except Exception as exc:  # corrupt zip, truncated file, bad arrays: skip, keep the run going
-            warnings.warn(f"skipping unreadable episode file {path}: {type(exc).__name__}: {exc}", stacklevel=3)
-            continue
-        if eplen(episode) >= minlen:
-            episodes[str(path)] = episode
+            episodes[str(path)] = read_episode(path, spec)
+        except Exception as error:  # corrupt zip, truncated file, foreign arrays: skip, keep the run going
+            _skip_warning(path, error)
     return episodes
+
+
+def episode_layout(path: Location) -> dict:
+    """``{key: (full shape, dtype)}`` of an episode file from the headers of its arrays alone.
+
+    Reads the zip directory and the first bytes of each array, not the (compressed) data, so checking
+    a file costs about as much as listing it; truncated and non-zip files raise.
+    """
+    where = resolve_location(path)
+    if isinstance(where, Path):
+        handle = open(where, "rb")
+    else:
+        fs, remote = url_to_fs(where)
+        handle = fs.open(remote, "rb", block_size=1 << 16)
+    layout = {}
+    with handle, zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            layout[info.filename[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
+    return layout
+
+
+def inspect_files(paths: Sequence[Location], spec: Spec | None = None) -> dict[str, dict]:
+    """``{path: layout}`` (see `episode_layout`) of the files of ``paths`` whose headers pass
+    `check_layout`, in their order; each other file is skipped with one warning naming it (and the key).
+    The steps of a file are ``layout["action"][0][0] - 1``. Remote files are inspected in parallel."""
+    def inspect(path):
+        try:
+            layout = episode_layout(path)
+            problem = check_layout(layout, spec)
+            if problem:
+                raise EpisodeMismatch(problem)
+            return layout, None
+        except Exception as error:  # noqa: BLE001 - reported as a skipped file
+            return None, error
+
+    paths = list(paths)
+    remote = any(not isinstance(resolve_location(path), Path) for path in paths)
+    if remote and len(paths) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(inspect, paths))
+    else:
+        results = [inspect(path) for path in paths]
+    layouts = {}
+    for path, (layout, error) in zip(paths, results):
+        if error is not None:
+            _skip_warning(path, error)
+        else:
+            layouts[str(path)] = layout
+    return layouts
+
+
+def layout_steps(layout: dict) -> int:
+    """Steps ``T`` of an episode from its `episode_layout`."""
+    return int(layout["action"][0][0]) - 1
 
 
 def load_episodes(directory: Location, capacity: int | None = None, minlen: int = 1) -> dict[str, Episode]:
@@ -284,7 +435,11 @@ def load_episodes(directory: Location, capacity: int | None = None, minlen: int 
 
 
 def count_files(paths: Iterable[Location]) -> tuple[int, int]:
-    """``(episodes, steps)`` of ``paths`` from the names alone; names without a step count are not counted."""
+    """``(episodes, steps)`` of ``paths`` from the names alone; names without a step count are not counted.
+
+    A quick estimate only: `EpisodeStore` counts what the files hold (`inspect_files`), since a name
+    can lie (a copied or planted file) and a corrupt file holds nothing.
+    """
     episodes = steps = 0
     for path in paths:
         try:

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from torch_dreamer.errors import UserError
+
 from .episodes import Episode
 from .store import EpisodeStore
 
@@ -51,42 +53,87 @@ def chunk_start(rng: np.random.Generator, total: int, length: int, prioritize_en
 
 
 class ChunkSampler:
-    """Official replay sampling: a uniform episode (not length-weighted), then an official start index.
+    """Official replay sampling (``Replay._generate_chunks``): one stream of sequences cut into chunks.
+
+    Each sequence is a uniform episode (not length-weighted) and an official window of it: its length is
+    ``min(total, maxlen) - randint(minlen)``, at least ``minlen``, and its start index follows
+    ``chunk_start`` with ``minlen`` extra draws at the end when ``prioritize_ends``. Sequences are laid
+    end to end and cut into chunks of ``length`` rows, as the official generator does: a sequence longer
+    than what a chunk still needs continues at the start of the next chunk, a shorter one is followed by
+    the next sequence inside the same chunk. Every sequence starts with ``is_first`` True (a zero state);
+    a chunk that continues a sequence has ``is_first[0]`` False, as in the official batches.
+
+    With ``minlen == maxlen == length`` (every official config except ``debug``) each chunk is exactly one
+    sequence: a window of ``length`` rows of one episode, starting with ``is_first`` True.
 
     Args:
         store: episodes to sample from; new episodes become sampleable as soon as they are added.
-        length: chunk length ``T`` (``dataset.length``; the official uses ``replay.minlen == maxlen``).
-        prioritize_ends: oversample chunks that end at the episode end (``replay.prioritize_ends``).
+        length: chunk length ``T`` (``dataset.length``).
+        prioritize_ends: oversample sequences that end at the episode end (``replay.prioritize_ends``).
         seed: seed of the numpy Generator; None draws fresh entropy.
+        minlen, maxlen: ``replay.minlen`` / ``replay.maxlen``, the sequence length range; None means
+            ``length`` (chunks of one sequence); ``maxlen`` 0 means no upper bound (whole episode tails).
 
-    Episodes with fewer than ``length`` rows cannot hold a chunk and are skipped (uniform over the
-    rest). Every chunk has ``is_first[0] = True``, so the model always starts it from a zero state.
+    Episodes with fewer than ``minlen`` rows cannot hold a sequence and are skipped (uniform over the
+    rest). ``BatchLoader`` calls ``sample()`` ``batch`` times per batch in slot order, so consecutive
+    chunks of the stream fill consecutive slots, like the official ``dataset.batch``.
     """
 
-    def __init__(self, store: EpisodeStore, length: int, prioritize_ends: bool = False, seed: int | None = None):
+    def __init__(self, store: EpisodeStore, length: int, prioritize_ends: bool = False, seed: int | None = None,
+                 minlen: int | None = None, maxlen: int | None = None):
         if length < 1:
             raise ValueError(f"chunk length must be >= 1, got {length}")
         self.store = store
         self.length = int(length)
+        self.minlen = self.length if minlen is None else int(minlen)
+        self.maxlen = self.minlen if maxlen is None else int(maxlen)
+        if self.minlen < 1:
+            raise UserError(f"replay.minlen must be >= 1, got {self.minlen}")
+        if self.maxlen < 0 or (self.maxlen and self.maxlen < self.minlen):
+            raise UserError(f"replay.maxlen ({self.maxlen}) must be 0 (no limit) or >= replay.minlen ({self.minlen})")
         self.prioritize_ends = bool(prioritize_ends)
         self.rng = np.random.default_rng(seed)
+        self._rest: Chunk | None = None  # what is left of the current sequence
 
     def reseed(self, seed: int | None) -> None:
         self.rng = np.random.default_rng(seed)
+        self._rest = None
 
     def sample(self) -> Chunk:
-        """One chunk ``dict[str, np.ndarray (length, ...)]``: views into the stored arrays, except
-        ``is_first`` which is copied because its first entry is overwritten."""
+        """One chunk ``dict[str, np.ndarray (length, ...)]``. Rows of one sequence are views into the
+        stored arrays, except ``is_first`` which is copied because its first entry is overwritten; a chunk
+        made of several sequences is a fresh array holding the keys they all share."""
+        pieces, need = [], self.length
+        while need:
+            if self._rest is None:
+                self._rest = self._sequence()
+            rest = self._rest
+            size = len(rest["action"])
+            take = min(need, size)
+            pieces.append({key: value[:take] for key, value in rest.items()})
+            self._rest = {key: value[take:] for key, value in rest.items()} if take < size else None
+            need -= take
+        if len(pieces) == 1:
+            return pieces[0]
+        keys = [key for key in pieces[0] if all(key in piece for piece in pieces[1:])]
+        return {key: np.concatenate([piece[key] for piece in pieces]) for key in keys}
+
+    def _sequence(self) -> Chunk:
+        """One official sequence (``Replay._sample_sequence``) with ``is_first[0] = True``."""
         episode = self._pick_episode()
         total = len(episode["action"])
-        start = chunk_start(self.rng, total, self.length, self.prioritize_ends)
-        chunk = {key: value[start : start + self.length] for key, value in episode.items()}
-        chunk["is_first"] = chunk["is_first"].copy()
-        chunk["is_first"][0] = True
-        return chunk
+        size = min(total, self.maxlen) if self.maxlen else total
+        if size > self.minlen:  # the official subtracts randint(minlen) then clips at minlen
+            size = max(self.minlen, size - int(self.rng.integers(self.minlen)))
+        upper = total - size + 1 + (self.minlen if self.prioritize_ends else 0)
+        start = min(int(self.rng.integers(upper)), total - size)
+        sequence = {key: value[start : start + size] for key, value in episode.items()}
+        sequence["is_first"] = sequence["is_first"].copy()
+        sequence["is_first"][0] = True
+        return sequence
 
     def _pick_episode(self) -> Episode:
-        """Uniform over stored episodes with at least ``length`` rows (``T + 1 >= length``).
+        """Uniform over stored episodes with at least ``minlen`` rows (``T + 1 >= minlen``).
 
         Rejection sampling keeps the common case O(1); if the store is mostly short episodes, fall back
         to an explicit filter. A key evicted between snapshot and lookup just triggers another draw.
@@ -100,7 +147,7 @@ class ChunkSampler:
                 episode = self.store.get(key)
             except KeyError:
                 continue
-            if len(episode["action"]) >= self.length:
+            if len(episode["action"]) >= self.minlen:
                 return episode
         return self._pick_filtered()
 
@@ -109,14 +156,14 @@ class ChunkSampler:
             eligible = []
             for key in self.store.keys():
                 try:
-                    if self.store.length(key) + 1 >= self.length:
+                    if self.store.length(key) + 1 >= self.minlen:
                         eligible.append(key)
                 except KeyError:
                     continue
             if not eligible:
                 stats = self.store.stats()
                 raise EmptyReplayError(
-                    f"no stored episode has {self.length} steps to cut a chunk from "
+                    f"no stored episode has {self.minlen} steps to cut a chunk from "
                     f"({stats['loaded_episodes']} episodes, {stats['loaded_steps']} steps loaded); "
                     "prefill the replay first or set replay.minlen >= dataset.length"
                 )

@@ -19,24 +19,40 @@ import threading
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+import warnings
+
 from .episodes import (
     Episode,
+    EpisodeMismatch,
     Location,
+    Spec,
     age_key,
-    count_files,
+    check_episode,
+    check_layout,
     episode_files,
     episode_filename,
     eplen,
     file_name,
+    inspect_files,
+    layout_steps,
     list_episodes,
-    load_files,
     normalize_episode,
+    parse_length,
+    read_files,
     resolve_location,
     save_episode,
+    select_newest,
 )
 
 
 EpisodeCallback = Callable[[Episode], None]
+
+
+def _short_name(path: Location, minlen: int) -> bool:
+    try:
+        return parse_length(path) < minlen
+    except ValueError:
+        return False
 
 
 class Storage(Protocol):
@@ -117,6 +133,13 @@ class EpisodeStore:
             never evicts its last episode, so one episode longer than ``capacity`` still stays.
         minlen: episodes with fewer steps are saved (and counted) but never kept for sampling.
         storage, eviction: RAM container and eviction rule; defaults are a dict and FIFO.
+        spec: ``{key: (step shape, dtype)}`` every file must match (observation keys, ``action``,
+            ``reward``); see `set_spec`. Files that do not, or do not load, are skipped with a warning.
+
+    Counting: ``total_steps``/``total_episodes`` count what the files hold, never their names. Files
+    loaded into RAM count once loaded and checked; the older files beyond ``capacity`` count only if
+    their array headers are readable and match the spec (read without decompressing the data), so a
+    corrupt, foreign or misnamed file (``...-5000.npz`` holding 10 steps) adds nothing but a warning.
 
     Thread safety: writer calls (``add``, ``refresh``) are serialised by their own lock, and any number
     of sampler threads may call ``keys``/``get``/counters meanwhile. Disk and network I/O happen
@@ -130,6 +153,7 @@ class EpisodeStore:
         minlen: int = 1,
         storage: Storage | None = None,
         eviction: Eviction | None = None,
+        spec: Spec | None = None,
     ) -> None:
         self.directory: Path | str | None = resolve_location(directory) if directory is not None else None
         self.capacity = int(capacity) if capacity else None
@@ -142,6 +166,8 @@ class EpisodeStore:
         self._lengths: dict[str, int] = {}
         self._loaded_steps = 0
         self._total_episodes = self._total_steps = 0
+        self._spec = spec
+        self._layouts: dict[str, dict] = {}  # counted files not in RAM: their headers, for `set_spec`
         if self.directory is not None:
             self._ingest(list_episodes(self.directory), resume=True)
 
@@ -149,22 +175,25 @@ class EpisodeStore:
         """Count ``paths`` (unknown names, oldest first), load the ones worth keeping, mark all known.
 
         Without ``on_episode`` only files that can still be in RAM after eviction are read (the newest
-        up to capacity, as on resume) and the rest are counted from their names; that shortcut equals
-        load-then-evict only for FIFO, so with another eviction rule every new file is loaded. With
-        ``on_episode`` every readable file is read, short ones included, and passed to it after the
-        store is updated. Returns how many episodes were put in RAM.
+        up to capacity, as on resume) and the rest are checked from their array headers; that shortcut
+        equals load-then-evict only for FIFO, so with another eviction rule every new file is loaded.
+        With ``on_episode`` every readable file is read, short ones included, and passed to it after the
+        store is updated. Only files that load (or whose headers check out) count. Returns how many
+        episodes were put in RAM.
         """
         self._known.update(file_name(path) for path in paths)
-        episodes, steps = count_files(paths)
         if on_episode is not None:
-            loaded = load_files(paths, None, 0)
+            loaded, layouts = read_files(paths, self._spec), {}
         else:
             limit = self.capacity if resume or isinstance(self._eviction, FifoEviction) else None
-            loaded = load_files(paths, limit, self.minlen)  # corrupt files warn here, once: they are known now
+            loaded, tried = self._load_newest(paths, limit)  # bad files warn here, once: they are known now
+            layouts = inspect_files([path for path in paths if str(path) not in tried], self._spec)
         added = 0
         with self._lock:
-            self._total_episodes += episodes
-            self._total_steps += steps
+            self._total_episodes += len(loaded) + len(layouts)
+            self._total_steps += sum(eplen(episode) for episode in loaded.values())
+            self._total_steps += sum(layout_steps(layout) for layout in layouts.values())
+            self._layouts.update(layouts)
             for key, episode in loaded.items():
                 if eplen(episode) < self.minlen:
                     continue
@@ -176,6 +205,56 @@ class EpisodeStore:
             for episode in loaded.values():
                 on_episode(episode)
         return added
+
+    def _load_newest(self, paths: Sequence[Location], limit: int | None) -> tuple[dict[str, Episode], set]:
+        """The newest of ``paths`` (oldest first) worth loading up to ``limit`` steps, read and checked,
+        and the set of paths tried. Chosen by their names first; when names over-promise or files fail,
+        older files are read until the loaded episodes reach ``limit`` (or none is left)."""
+        chosen = select_newest(paths, limit, self.minlen)[::-1]
+        tried = {str(path) for path in chosen}
+        loaded = read_files(chosen, self._spec)
+        steps = sum(eplen(episode) for episode in loaded.values() if eplen(episode) >= self.minlen)
+        if limit and steps < limit:
+            for path in reversed(paths):
+                if steps >= limit:
+                    break
+                if str(path) in tried or _short_name(path, self.minlen):
+                    continue
+                tried.add(str(path))
+                for key, episode in read_files([path], self._spec).items():
+                    loaded[key] = episode
+                    steps += eplen(episode) if eplen(episode) >= self.minlen else 0
+            order = {str(path): index for index, path in enumerate(paths)}
+            loaded = dict(sorted(loaded.items(), key=lambda item: order[item[0]]))
+        return loaded, tried
+
+    def set_spec(self, spec: Spec | None) -> int:
+        """Checks every later file against ``spec``, and drops (with a warning naming file and key) the
+        episodes already counted that do not match it. For replays opened before the spaces are known
+        (the learner reads them from the first episodes). Returns how many were dropped."""
+        dropped = 0
+        with self._write_lock, self._lock:
+            self._spec = spec
+            for key in list(self._storage.keys()):
+                try:
+                    check_episode(self._storage.get(key), spec)
+                except EpisodeMismatch as error:
+                    warnings.warn(f"skipping episode file {key}: {error}", stacklevel=2)
+                    self._storage.remove(key)
+                    length = self._lengths.pop(key)
+                    self._loaded_steps -= length
+                    self._total_steps -= length
+                    self._total_episodes -= 1
+                    dropped += 1
+            for key, layout in list(self._layouts.items()):
+                problem = check_layout(layout, spec)
+                if problem:
+                    warnings.warn(f"skipping episode file {key}: {problem}", stacklevel=2)
+                    del self._layouts[key]
+                    self._total_steps -= layout_steps(layout)
+                    self._total_episodes -= 1
+                    dropped += 1
+        return dropped
 
     def refresh(self, on_episode: EpisodeCallback | None = None) -> int:
         """Add episode files that appeared in ``directory`` since the last look (e.g. other writers').

@@ -82,15 +82,40 @@ class _Converter:
         self.key, self.space, self.fn = key, space, fn
 
 
+MAX_CHANNELS = 4  # an image axis this small is a channel axis (gray, RGB, RGBA or 2-4 stacked frames)
+
+
+def channel_first(key: str, shape: tuple) -> bool:
+    """True for a (C, H, W) image, False for (H, W, C); a one-line error when the shape could be either.
+
+    (3, 64, 64) is channel-first and (64, 64, 3) channel-last. A small axis at both ends with a large one
+    between, e.g. (3, 64, 4), is ambiguous and refused rather than guessed.
+    """
+    if len(shape) != 3:
+        return False
+    first, middle, last = shape
+    if first <= MAX_CHANNELS < last:
+        return True
+    if first <= MAX_CHANNELS and last <= MAX_CHANNELS < middle and first != last:
+        raise UserError(f"cannot tell whether observation '{key}' of shape {tuple(shape)} is (C, H, W) or "
+                        "(H, W, C); transpose it to (H, W, C) in a gymnasium ObservationWrapper")
+    return False
+
+
 def _image_converter(key: str, space: spaces.Box, size) -> _Converter:
-    channels = space.shape[2] if len(space.shape) == 3 else 1
+    chw = channel_first(key, space.shape)
+    shape = (*space.shape[1:], space.shape[0]) if chw else space.shape
+    channels = shape[2] if len(shape) == 3 else 1
     new_space = spaces.Box(0, 255, (*size, channels), np.uint8)
+    high = np.moveaxis(np.asarray(space.high), 0, -1) if chw and np.ndim(space.high) == 3 else space.high
 
     def fn(value):
         value = np.asarray(value)
+        if chw:  # channel-first (C, H, W), as PyTorch-style envs give: to the contract's (H, W, C)
+            value = np.moveaxis(value, 0, -1)
         if value.ndim == 2:  # grayscale without a channel axis
             value = value[..., None]
-        return np.ascontiguousarray(resize_nearest(_to_uint8(value, space.high), size))
+        return np.ascontiguousarray(resize_nearest(_to_uint8(value, high), size))
 
     return _Converter(key, new_space, fn)
 
@@ -125,8 +150,8 @@ def _looks_like_image(space: spaces.Box) -> bool:
     # dtype or channels so that e.g. NLE's int16 glyph maps become vectors, not garbage pixels.
     if len(space.shape) == 2:
         return space.dtype == np.uint8
-    if len(space.shape) == 3:
-        return space.dtype == np.uint8 or space.shape[2] <= 4
+    if len(space.shape) == 3:  # (H, W, C), or (C, H, W) which the converter transposes
+        return space.dtype == np.uint8 or min(space.shape[0], space.shape[2]) <= MAX_CHANNELS
     return False
 
 
@@ -162,38 +187,45 @@ def _top_level_converter(space: spaces.Space, size) -> _Converter | None:
     return None
 
 
+def build_converters(space: spaces.Space, size) -> dict:
+    """{raw key (None for a non-Dict space): converter} turning a raw observation into the contract's dict."""
+    if not isinstance(space, spaces.Dict):
+        converter = _top_level_converter(space, size)
+        if converter is None:
+            raise UserError(f"unsupported observation space {space}: use a Box, Discrete or Dict of them")
+        return {None: converter}
+    converters, dropped = {}, []
+    for key, sub in space.spaces.items():
+        converter = _entry_converter(str(key), sub, size)
+        if converter is None:
+            dropped.append(key)
+        else:
+            converters[key] = converter
+    if dropped:
+        warnings.warn(f"dropping observation keys the agent cannot use: {', '.join(map(str, dropped))}")
+    if not converters:
+        raise UserError(f"no usable observation in {space}: need Box, Discrete, MultiBinary or MultiDiscrete entries")
+    return converters
+
+
+def convert_observation(converters: dict, observation) -> dict:
+    """One raw observation to the contract's {key: array} with the converters of `build_converters`."""
+    if None in converters:
+        converter = converters[None]
+        return {converter.key: converter.fn(observation)}
+    return {c.key: c.fn(observation[key]) for key, c in converters.items()}
+
+
 class DictObservation(gymnasium.ObservationWrapper):
     """Observations as a Dict of uint8 images (resized), float32 vectors and float32 scalars."""
 
     def __init__(self, env: gymnasium.Env, size: tuple[int, int]):
         super().__init__(env)
-        self._converters = self._build(env.observation_space, size)
+        self._converters = build_converters(env.observation_space, size)
         self.observation_space = spaces.Dict({c.key: c.space for c in self._converters.values()})
 
-    def _build(self, space: spaces.Space, size) -> dict:
-        if not isinstance(space, spaces.Dict):
-            converter = _top_level_converter(space, size)
-            if converter is None:
-                raise UserError(f"unsupported observation space {space}: use a Box, Discrete or Dict of them")
-            return {None: converter}
-        converters, dropped = {}, []
-        for key, sub in space.spaces.items():
-            converter = _entry_converter(str(key), sub, size)
-            if converter is None:
-                dropped.append(key)
-            else:
-                converters[key] = converter
-        if dropped:
-            warnings.warn(f"dropping observation keys the agent cannot use: {', '.join(map(str, dropped))}")
-        if not converters:
-            raise UserError(f"no usable observation in {space}: need Box, Discrete, MultiBinary or MultiDiscrete entries")
-        return converters
-
     def observation(self, observation):
-        if None in self._converters:
-            converter = self._converters[None]
-            return {converter.key: converter.fn(observation)}
-        return {c.key: c.fn(observation[key]) for key, c in self._converters.items()}
+        return convert_observation(self._converters, observation)
 
 
 # ----------------------------------------------------------------------------- actions

@@ -56,20 +56,75 @@ def _fsync_directory(directory: pathlib.Path) -> None:
         os.close(fd)
 
 
+def payload_bytes(value) -> int:
+    """Roughly the bytes `torch.save` writes for `value`: its tensors' storage (what dominates)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(payload_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(payload_bytes(item) for item in value)
+    return 8
+
+
 def save_checkpoint(path, payload: dict) -> None:
-    """Write `payload` to `path` atomically: a crash leaves either the old file or the new one, never half."""
+    """Write `payload` to `path` atomically: a crash leaves either the old file or the new one, never half.
+
+    Ctrl-C and SIGTERM wait until the file is complete (or rolled back); a full disk raises `DiskFull`
+    naming the path and the size needed, and the previous checkpoint stays as it was.
+    """
     if not isinstance(payload, dict):
         raise TypeError(f"checkpoint payload must be a dict, got {type(payload).__name__}")
     _check(payload, "payload")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as file:
+    with atomic_write(path, size=payload_bytes(payload)) as file:
         torch.save(payload, file)
     _fsync_directory(path.parent)
 
 
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint onto the CPU; unreadable or unsafe files raise a one-line `UserError`."""
+# What `Learner.save` writes; a file without these parts is some other torch file.
+REQUIRED = {"agent": dict, "optimizers": dict, "counters": dict, "config": dict, "spaces": dict}
+
+
+def nonfinite_tensor(tree, where: str = "") -> str | None:
+    """The name of the first floating tensor in `tree` holding NaN or inf, else None."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() and tree.numel() and not bool(torch.isfinite(tree).all()):
+            return where or "tensor"
+        return None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        found = nonfinite_tensor(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def check_structure(payload: dict, path) -> None:
+    """One-line `UserError` unless `payload` is a torch_dreamer checkpoint with finite weights."""
+    for key, kind in REQUIRED.items():
+        if not isinstance(payload.get(key), kind):
+            found = "missing" if key not in payload else f"a {type(payload[key]).__name__}"
+            raise UserError(f"{path} is not a torch_dreamer checkpoint ('{key}' is {found}); "
+                            "use another --logdir or move the file away")
+    if "updates" not in payload["counters"]:
+        raise UserError(f"{path} is not a torch_dreamer checkpoint (no 'updates' counter); move the file away")
+    spaces = payload["spaces"]
+    if not all(key in spaces for key in ("obs", "act_dim", "discrete")):
+        raise UserError(f"{path} is not a torch_dreamer checkpoint (incomplete 'spaces'); move the file away")
+    bad = nonfinite_tensor(payload["agent"])
+    if bad:
+        raise UserError(f"{path} holds non-finite weights ({bad}); it cannot be resumed or evaluated: "
+                        "restore a backup or delete it to restart from scratch")
+
+
+def load_checkpoint(path, check: bool = False) -> dict:
+    """Load a checkpoint onto the CPU; unreadable or unsafe files raise a one-line `UserError`.
+
+    With `check` the file must also be a run's checkpoint (`check_structure`): a torch file of another
+    structure, or one with NaN/inf weights, is refused in one line. Runs load with `load_run_checkpoint`.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the logdir or start a new run")
@@ -90,7 +145,14 @@ def load_checkpoint(path) -> dict:
         ) from None
     if not isinstance(payload, dict):
         raise UserError(f"checkpoint {path} does not hold a dict (got {type(payload).__name__}); delete it")
+    if check:
+        check_structure(payload, path)
     return payload
+
+
+def load_run_checkpoint(path) -> dict:
+    """A run's checkpoint (`Learner.save`), checked: other torch files and NaN weights are one-line errors."""
+    return load_checkpoint(path, check=True)
 
 
 def rng_state() -> dict:

@@ -19,7 +19,10 @@ import threading
 
 import numpy as np
 
-from torch_dreamer.data import EpisodeStore
+import torch
+
+from torch_dreamer.data import ChunkSampler, EpisodeStore, stack_time_major
+from torch_dreamer.data.batches import to_device
 from torch_dreamer.errors import UserError
 from torch_dreamer.runs import setup
 from torch_dreamer.runs.acting import ExploreSchedule, RandomPolicy, agent_policy, episode_metrics
@@ -103,7 +106,7 @@ class ContinualRun:
         self.tally = TaskTally(make_sampler(config, self.store, config.seed))
         self.learner = Learner(config, self.spaces, self.store, self.device, sampler=self.tally)
         self.logger = Logger(self.logdir, config.action_repeat,
-                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty()))
+                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty(), config=config))
         self.counters = {"step": 0, "task_index": 0, "task_step": 0}
         self.progress = None
         self.curves: dict[int, list] = collections.defaultdict(list)  # eval task index -> [(step, success)]
@@ -239,17 +242,33 @@ class ContinualRun:
             return
         policy = agent_policy(self.learner.agent, "eval")
         for index, (name, envs) in enumerate(self.eval_envs.items()):
-            returns, successes = [], []
+            episodes = []
             driver = Driver(envs, seed=config.seed + 20_000 + index)
-            driver.on_episode.append(lambda episode, worker: (
-                returns.append(float(episode["reward"].astype(np.float64).sum())), successes.append(success(episode))))
+            driver.on_episode.append(lambda episode, worker: episodes.append(episode))
             driver(policy, episodes=int(config.cl.eval_eps_per_task))
-            returns, successes = returns[: config.cl.eval_eps_per_task], successes[: config.cl.eval_eps_per_task]
+            episodes = episodes[: config.cl.eval_eps_per_task]
+            successes = [success(episode) for episode in episodes]
             self.curves[index].append((self.counters["step"], float(np.mean(successes))))
-            self.logger.add({f"eval_return_{index}": float(np.mean(returns)),
-                             f"eval_success_{index}": float(np.mean(successes))})
+            self.logger.add({f"eval_return_{index}": float(np.mean([e["reward"].sum() for e in episodes])),
+                             f"eval_success_{index}": float(np.mean(successes)),
+                             **self._recon_loss(episodes, index)})
         self.logger.add({f"cl_{k}": v for k, v in self.online_metrics().items()})
         self.logger.write(self.counters["step"])
+
+    @torch.no_grad()
+    def _recon_loss(self, episodes: list, index: int) -> dict:
+        """`eval_recon_loss_{i}`: the world model's loss on task i's evaluation episodes (the original's name)."""
+        length = self.config.dataset.length
+        store = EpisodeStore(None, minlen=length)
+        for episode in episodes:
+            store.add(episode)
+        if not store.keys():
+            return {}
+        sampler = ChunkSampler(store, length, False, self.config.seed + index)
+        chunks = [sampler.sample() for _ in range(self.config.dataset.batch)]
+        batch = to_device(stack_time_major(chunks, keys=self.learner.keys), self.device)
+        loss = self.learner.agent.wm.loss(batch)[0]
+        return {f"eval_recon_loss_{index}": float(loss)}
 
     def _reload_curves(self) -> None:
         """A resumed run's evaluation curves so far, from its metrics.jsonl (partial lines skipped)."""

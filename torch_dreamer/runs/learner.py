@@ -25,22 +25,40 @@ import torch
 from torch_dreamer.agent.agent import Agent
 from torch_dreamer.data import BatchLoader, ChunkSampler, EpisodeStore, SequentialSampler
 from torch_dreamer.errors import UserError
-from torch_dreamer.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from torch_dreamer.runs.checkpoint import load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torch_dreamer.runs.spaces import Spaces
 from torch_dreamer.tools.logger import MetricsAverager
 
-MAX_NONFINITE = 100  # consecutive skipped world-model updates before the run stops
+MAX_NONFINITE = 100  # consecutive skipped updates of any optimiser before the run stops
+# The config block each optimiser of `Agent.optimizers()` takes its settings from.
+OPTIMIZER_KEYS = {"model": "model_opt", "actor": "actor_opt", "critic": "critic_opt",
+                  "expl_model": "expl_opt", "expl_actor": "actor_opt", "expl_critic": "critic_opt"}
+OPTIMIZER_SETTINGS = ("lr", "eps", "clip", "wd")
+# Keys that never change the model's structure, left out of the model-mismatch message.
+RUN_KEYS = ("logdir", "steps", "seed", "device", "progress", "deterministic", "prefill", "eval_every", "log_every",
+            "eval_eps", "checkpoint_every", "checkpoint_minutes", "envs", "workers", "eval_workers", "replay_dir",
+            "policy_dir", "offline_dir", "learner_only", "jit", "precision")
 DATASET_MODES = ("random", "sequential")
 
 
 def make_sampler(config, store: EpisodeStore, seed: int):
     """The training sampler named by `dataset.mode`: official random chunks, or whole episodes in order."""
     mode = config.dataset.mode
+    if config.replay.ongoing:
+        raise UserError("replay.ongoing True (sampling unfinished episodes) is not supported: actors keep "
+                        "unfinished episodes to themselves; use --replay.ongoing False (the official default)")
     if mode == "random":
-        return ChunkSampler(store, config.dataset.length, config.replay.prioritize_ends, seed)
+        return ChunkSampler(store, config.dataset.length, config.replay.prioritize_ends, seed,
+                            minlen=config.replay.minlen, maxlen=config.replay.maxlen)
     if mode == "sequential":
         return SequentialSampler(store, config.dataset.length, config.dataset.batch, seed)
     raise UserError(f"dataset.mode must be one of {', '.join(DATASET_MODES)}, not '{mode}'")
+
+
+def episode_spec(spaces: Spaces) -> dict:
+    """{key: (step shape, dtype)} every episode of the run's replay must match (see `EpisodeStore`)."""
+    return {**{key: (tuple(shape), np.dtype(dtype)) for key, (shape, dtype) in spaces.obs.items()},
+            "action": ((spaces.act_dim,), np.dtype(np.float32)), "reward": ((), np.dtype(np.float32))}
 
 
 def model_keys(spaces: Spaces) -> list[str]:
@@ -62,10 +80,11 @@ class Learner:
         device: where the agent and batches live.
     """
 
-    def __init__(self, config, spaces: Spaces, replay: EpisodeStore, device: torch.device):
+    def __init__(self, config, spaces: Spaces, replay: EpisodeStore, device: torch.device, sampler=None):
         self.config, self.spaces, self.replay, self.device = config, spaces, replay, device
         self.agent = Agent(config, spaces.obs, spaces.act_dim, spaces.discrete).to(device)
-        self.sampler = make_sampler(config, replay, config.seed)
+        # The training stream; a caller may pass its own (e.g. one that tallies where chunks come from).
+        self.sampler = sampler if sampler is not None else make_sampler(config, replay, config.seed)
         # Videos and reports read their own random chunks, so logging never shifts the training stream.
         self.report_sampler = ChunkSampler(replay, config.dataset.length, False, config.seed + 1)
         self.keys = model_keys(spaces)
@@ -73,6 +92,7 @@ class Learner:
         self.state: dict | None = None  # carried posterior state {key: (B, ...)} in sequential mode
         self.updates = 0
         self.loaded = False  # True once weights were loaded or trained: only such weights are ever saved
+        self._saved: tuple | None = None  # (path, updates, counters) of the last checkpoint written
         self.metrics = MetricsAverager()
 
     def start(self) -> None:
@@ -92,9 +112,16 @@ class Learner:
             self.metrics.add(metrics)
             self.updates += 1
             self.loaded = True
-            if self.agent.nonfinite_updates() >= MAX_NONFINITE:
-                raise NonFiniteStop(f"the world-model loss was non-finite for {MAX_NONFINITE} updates in a row; "
-                                    "try --precision 32 or a lower --model_opt.lr")
+            self.check_streaks()
+
+    def check_streaks(self) -> None:
+        """Stops the run once any optimiser (world model, actor, critic, exploration) skipped
+        `MAX_NONFINITE` updates in a row for non-finite gradients."""
+        for name, opt in self.agent.optimizers().items():
+            if opt.nonfinite >= MAX_NONFINITE:
+                key = OPTIMIZER_KEYS.get(name, f"{name}_opt")
+                raise NonFiniteStop(f"the {name} loss was non-finite for {MAX_NONFINITE} updates in a row; "
+                                    f"try --precision 32 or a lower --{key}.lr")
 
     def report(self) -> dict:
         """Training metrics averaged since the last report, and open-loop videos from a random batch."""
@@ -121,49 +148,129 @@ class Learner:
             "counters": {**counters, "updates": self.updates},
             "rng": rng_state(),
             "sampler_rng": _sampler_rng(self.sampler),
+            "sampler_rest": _sampler_rest(self.sampler),
             "report_rng": self.report_sampler.rng.bit_generator.state,
             "config": self.config.flat,
             "spaces": self.spaces.to_dict(),
         }
 
     def save(self, path: pathlib.Path, counters: dict) -> bool:
-        """Writes a checkpoint, but only of weights that were loaded or trained (never a fresh model)."""
+        """Writes a checkpoint, but only of weights that were loaded or trained (never a fresh model) and
+        only of finite state: a NaN/inf anywhere in the agent or its optimisers raises `NonFiniteState`
+        and the last good checkpoint stays. Skips the write when nothing changed since the last one.
+        Interrupts wait until the file is complete; a full disk raises `DiskFull` (old file kept)."""
         if not self.loaded:
             return False
+        saved = (str(path), self.updates, tuple(sorted(counters.items())))
+        if saved == self._saved and pathlib.Path(path).exists():
+            return True
+        bad = self.nonfinite_state()
+        if bad:
+            raise NonFiniteState(f"the agent's {bad} became non-finite; kept the last good checkpoint {path}; "
+                                 "try --precision 32 or lower learning rates (e.g. --model_opt.lr)")
         save_checkpoint(path, self.payload(counters))
+        self._saved = saved
         return True
+
+    def nonfinite_state(self) -> str | None:
+        """The name of the first agent or optimiser tensor holding NaN/inf, else None (one sync per device)."""
+        named = [(f"state {key}", value) for key, value in self.agent.state_dict().items()
+                 if torch.is_tensor(value) and value.is_floating_point()]
+        for name, opt in self.agent.optimizers().items():
+            for index, state in enumerate(opt.opt.state.values()):
+                named += [(f"{name} optimiser {key} (parameter {index})", value) for key, value in state.items()
+                          if torch.is_tensor(value) and value.is_floating_point()]
+        by_device: dict = {}
+        for index, (_, value) in enumerate(named):
+            by_device.setdefault(value.device, []).append(index)
+        for indices in by_device.values():
+            flags = torch.stack([torch.isfinite(named[i][1]).all() for i in indices]).cpu()
+            if not bool(flags.all()):
+                return named[indices[int((~flags).nonzero()[0])]][0]
+        return None
 
     def load(self, path: pathlib.Path) -> dict | None:
         """Restores weights, optimisers, counters and RNG streams; returns the counters, None without a file."""
         if not pathlib.Path(path).exists():
             return None
-        payload = load_checkpoint(path)
+        payload = load_run_checkpoint(path)
+        saved_config = payload["config"]
         try:
             self.agent.load_state_dict(payload["agent"])
         except RuntimeError as error:
-            raise UserError(f"{path} was written with a different model config "
-                            f"({str(error).splitlines()[0]}); use another --logdir or the config in config.yaml") from None
-        self.agent.load_optimizer_state(payload["optimizers"])
+            changed = _changed_keys(saved_config, self.config.flat, skip=RUN_KEYS)
+            detail = "; ".join(changed[:6]) if changed else str(error).splitlines()[0][:200]
+            raise UserError(f"{path} was written with a different model config ({detail}); resume with that "
+                            "run's flags, or use another --logdir") from None
+        try:
+            self.agent.load_optimizer_state(payload["optimizers"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise UserError(f"{path} holds optimiser states that do not fit this model ({str(error).splitlines()[0][:120]}); "
+                            "use another --logdir") from None
+        self.apply_optimizer_settings(saved_config)
         self.updates = int(payload["counters"]["updates"])
         set_rng_state(payload["rng"])
         _set_sampler_rng(self.sampler, payload.get("sampler_rng"))
+        _set_sampler_rest(self.sampler, payload.get("sampler_rest"))
         if payload.get("report_rng"):
             self.report_sampler.rng.bit_generator.state = payload["report_rng"]
         self.loaded = True
         return dict(payload["counters"])
+
+    def apply_optimizer_settings(self, saved_config: dict | None = None) -> list[str]:
+        """Sets lr, eps, clip and wd of every optimiser from the current config.
+
+        Loading optimiser states restores the learning rates they were saved with; a resumed run uses
+        the config it is started with now, so they are set again here. Prints one line listing the keys
+        that differ from `saved_config` (the checkpoint's) and returns them.
+        """
+        for name, opt in self.agent.optimizers().items():
+            settings = self.config[OPTIMIZER_KEYS.get(name, f"{name}_opt")]
+            for group in opt.opt.param_groups:
+                group["lr"] = float(settings["lr"])
+            opt.eps, opt.clip, opt.wd = float(settings["eps"]), settings["clip"], settings["wd"]
+        keys = [f"{block}.{setting}" for block in sorted(set(OPTIMIZER_KEYS.values())) for setting in OPTIMIZER_SETTINGS]
+        changed = [line for line in _changed_keys(saved_config or {}, self.config.flat) if line.split(" ")[0] in keys]
+        if changed:
+            print(f"Resuming with changed optimiser settings: {', '.join(changed)}")
+        return changed
 
     def close(self) -> None:
         if self.dataset is not None:
             self.dataset.close()
 
 
+def _changed_keys(before: dict, now: dict, skip=()) -> list[str]:
+    """`key old -> new` for the keys of `now` whose value differs in `before` (keys missing there are skipped)."""
+    return [f"{key} {before[key]} -> {value}" for key, value in now.items()
+            if key in before and before[key] != value and key not in skip]
+
+
 class NonFiniteStop(UserError):
     """The run stops because training kept producing non-finite losses (checkpoint saved first)."""
+
+
+class NonFiniteState(NonFiniteStop):
+    """The agent's state holds NaN/inf, so it is not saved: the last good checkpoint stays."""
 
 
 def _sampler_rng(sampler):
     rng = getattr(sampler, "rng", None)
     return rng.bit_generator.state if isinstance(rng, np.random.Generator) else None
+
+
+def _sampler_rest(sampler):
+    """The unfinished sequence a chunk sampler carries into its next chunk (`replay.maxlen` > the chunk
+    length), as tensors: without it a resumed run would sample a different stream than an uncut one."""
+    rest = getattr(sampler, "_rest", None)
+    if not isinstance(rest, dict):
+        return None
+    return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in rest.items()}
+
+
+def _set_sampler_rest(sampler, state) -> None:
+    if state and hasattr(sampler, "_rest"):
+        sampler._rest = {key: value.numpy() for key, value in state.items()}
 
 
 def _set_sampler_rng(sampler, state) -> None:

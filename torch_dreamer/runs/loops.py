@@ -16,12 +16,12 @@ from torch_dreamer.errors import UserError
 from torch_dreamer.runs import setup
 from torch_dreamer.runs.acting import agent_policy, episode_metrics
 from torch_dreamer.runs.actor import actor_status
-from torch_dreamer.runs.checkpoint import load_checkpoint
-from torch_dreamer.runs.driver import Driver
-from torch_dreamer.runs.learner import Learner, NonFiniteStop, Rate
+from torch_dreamer.runs.checkpoint import load_run_checkpoint
+from torch_dreamer.runs.driver import Driver, EnvError
+from torch_dreamer.runs.learner import Learner, NonFiniteStop, Rate, episode_spec
 from torch_dreamer.runs.policy_store import clear_stop, publish_policy, request_stop, write_json
 from torch_dreamer.runs.spaces import Spaces
-from torch_dreamer.runs.train import holds_chunk, replay_dir
+from torch_dreamer.runs.train import holds_chunk, replay_dir, resume_seed
 from torch_dreamer.runs.workers import actor_specs, make_pool
 from torch_dreamer.tools.files import join
 from torch_dreamer.tools.logger import Logger, Progress, default_outputs
@@ -40,7 +40,7 @@ def train_ratio(config) -> float:
 def find_spaces(config, checkpoint: pathlib.Path, replay: EpisodeStore) -> Spaces:
     """From the checkpoint of a resumed run, else from an episode in the replay."""
     if checkpoint.exists():
-        return Spaces.from_dict(load_checkpoint(checkpoint)["spaces"])
+        return Spaces.from_dict(load_run_checkpoint(checkpoint)["spaces"])
     keys = replay.keys()
     if not keys:
         raise UserError(f"no episodes to read the spaces from in {replay.directory}")
@@ -52,27 +52,51 @@ class ReplayLoop:
 
     def __init__(self, config, replay: EpisodeStore, multiplier: int):
         self.config, self.replay = config, replay
-        self.logdir = setup.prepare_logdir(config)
+        self.logdir, self.lock = setup.prepare_logdir(config)
         self.device = setup.resolve_device(config.device)
         setup.seed_everything(config.seed, config.deterministic)
         self.logger = Logger(self.logdir, multiplier,
-                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty()))
+                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty(), config=config))
         self.learner: Learner | None = None
         self.last_returns: dict = {}
+        self._saved_at = (time.monotonic(), 0)
 
     @property
     def checkpoint_path(self) -> pathlib.Path:
         return self.logdir / "checkpoint.pt"
 
     def build_learner(self) -> dict:
-        """The learner for the replay's spaces, restored from the checkpoint; returns its counters."""
+        """The learner for the replay's spaces, restored from the checkpoint; returns its counters.
+
+        Episodes that do not fit those spaces are dropped from the replay with a warning (and from then
+        on skipped when they appear); config.yaml is written once the checkpoint loaded.
+        """
         spaces = find_spaces(self.config, self.checkpoint_path, self.replay)
+        self.replay.set_spec(episode_spec(spaces))
         self.learner = Learner(self.config, spaces, self.replay, self.device)
         counters = self.learner.load(self.checkpoint_path)
+        setup.write_config(self.config, self.logdir)
         if counters is None:
             self.learner.train(int(self.config.pretrain), 0)
             counters = {}
+        self._saved_at = (time.monotonic(), self.learner.updates)
         return counters
+
+    def checkpoint_due(self) -> bool:
+        """`checkpoint_every` updates or `checkpoint_minutes` minutes since the last checkpoint."""
+        config, (last_time, last_updates) = self.config, self._saved_at
+        if self.learner is None:
+            return False
+        if config.checkpoint_every and self.learner.updates - last_updates >= config.checkpoint_every:
+            return True
+        return bool(config.checkpoint_minutes) and time.monotonic() - last_time >= 60 * config.checkpoint_minutes
+
+    def safe_save(self, step: int) -> tuple[bool, list[str]]:
+        """`save`, with a full disk or non-finite state reported as a line instead of raised."""
+        try:
+            return self.save(step), []
+        except UserError as error:
+            return False, [str(error)]
 
     def log_episode(self, episode: dict, mode: str, step: int) -> None:
         metrics = episode_metrics(self.config, episode, mode)
@@ -81,12 +105,16 @@ class ReplayLoop:
         self.logger.write(step)
 
     def save(self, step: int) -> bool:
-        return self.learner is not None and self.learner.save(self.checkpoint_path, {"step": step})
+        saved = self.learner is not None and self.learner.save(self.checkpoint_path, {"step": step})
+        if saved:
+            self._saved_at = (time.monotonic(), self.learner.updates)
+        return saved
 
     def close(self) -> None:
         if self.learner is not None:
             self.learner.close()
         self.logger.close()
+        self.lock.release()
 
 
 def train_with_workers(config) -> dict:
@@ -94,10 +122,20 @@ def train_with_workers(config) -> dict:
     logdir = pathlib.Path(str(config.logdir)).expanduser()
     replay = EpisodeStore(replay_dir(config, logdir), config.replay.capacity, config.replay.minlen)
     loop = ReplayLoop(config, replay, config.action_repeat)
+    try:
+        return _train_with_workers(config, replay, loop)
+    finally:
+        loop.lock.release()
+
+
+def _train_with_workers(config, replay: EpisodeStore, loop: ReplayLoop) -> dict:
     policy_dir = str(config.policy_dir) if config.policy_dir else loop.logdir / "policy"
     eval_store = EpisodeStore(loop.logdir / "eval_episodes", config.replay.capacity / 10, 1)
     clear_stop(policy_dir)
-    pool = make_pool(config.worker_backend, actor_specs(config, replay.directory, eval_store.directory, policy_dir))
+    specs = actor_specs(config, replay.directory, eval_store.directory, policy_dir)
+    for spec in specs:  # a resumed run's actors continue the seed stream instead of repeating their episodes
+        spec["seed"] = resume_seed(spec["seed"], replay.total_episodes + eval_store.total_episodes)
+    pool = make_pool(config.worker_backend, specs)
     progress = Progress(int(config.steps), replay.total_steps, disable=None if config.progress else True,
                         multiplier=config.action_repeat)
     step = replay.total_steps
@@ -132,24 +170,35 @@ def train_with_workers(config) -> dict:
             if step >= next_log:
                 _log_learner(loop, step, rates, policy_dir)
                 next_log = step + config.log_every
-            if step >= next_save:
+            if step >= next_save or loop.checkpoint_due():
                 loop.save(step)
                 next_save = step + config.eval_every
     except KeyboardInterrupt:
-        print(f"\nInterrupted at step {step}; stopping workers.")
+        print(f"\nInterrupted at step {step}; stopping workers (they save their unfinished episodes).")
         raise
     except NonFiniteStop as error:
-        raise UserError(f"{error}; checkpoint saved") from None
+        raise UserError(f"{error}; {_stop_workers(pool, policy_dir, replay, loop)}") from None
     finally:
-        request_stop(policy_dir)
-        pool.stop()
-        replay.refresh()  # the workers' last (truncated) episodes count for the next run
-        loop.save(replay.total_steps)
+        if pool.stopping is False:
+            problems = _stop_workers(pool, policy_dir, replay, loop)
+            if "not saved" in problems:
+                print(problems)
         progress.close()
         loop.close()
     learner = loop.learner
     return {"step": replay.total_steps, "updates": learner.updates, "worker_restarts": pool.restarts,
             **loop.last_returns}
+
+
+def _stop_workers(pool, policy_dir, replay: EpisodeStore, loop: ReplayLoop) -> str:
+    """Stops the actors (they write their unfinished episodes), counts those episodes and checkpoints;
+    returns one line saying what was saved."""
+    request_stop(policy_dir)
+    pool.stop()
+    replay.refresh()  # the workers' last (truncated) episodes count for the next run
+    saved, problems = loop.safe_save(replay.total_steps)
+    line = f"episodes{' and checkpoint' if saved else ''} saved in {loop.logdir}"
+    return line + "".join(f"; checkpoint not saved: {problem}" for problem in problems)
 
 
 def _poll(pool, replay: EpisodeStore, eval_store: EpisodeStore, loop: ReplayLoop) -> None:
@@ -194,12 +243,23 @@ def train_offline(config, eval_envs=None) -> dict:
         raise UserError(f"no episode in {config.offline_dir} has dataset.length={config.dataset.length} steps; "
                         "lower --dataset.length or --replay.minlen")
     loop = ReplayLoop(config, replay, 1)
-    loop.build_learner()
+    try:
+        loop.build_learner()
+    except BaseException:
+        loop.close()
+        raise
     learner = loop.learner
     driver = None
     if eval_envs is not None:
-        learner.spaces.check_matches(Spaces.from_vector_env(eval_envs), f"the evaluation env {config.task}")
-        driver = Driver(eval_envs, seed=config.seed + 10_000)
+        try:
+            learner.spaces.check_matches(Spaces.from_vector_env(eval_envs), f"the evaluation env {config.task}")
+        except BaseException:
+            loop.close()
+            raise
+        eval_dir = loop.logdir / "eval_episodes"
+        done = len([name for name in (eval_dir.iterdir() if eval_dir.is_dir() else ()) if name.suffix == ".npz"])
+        driver = Driver(eval_envs, seed=resume_seed(config.seed + 10_000, done), name=str(config.task),
+                        nonfinite=config.nonfinite_env, max_episode_steps=config.max_episode_steps)
         driver.on_episode.append(lambda episode, worker: loop.log_episode(episode, "eval", learner.updates))
     progress = Progress(int(config.steps), learner.updates, disable=None if config.progress else True)
     rates = (Rate(learner.updates), Rate(0))
@@ -211,18 +271,22 @@ def train_offline(config, eval_envs=None) -> dict:
                 loop.logger.add(learner.report())
                 loop.logger.add({"updates_per_s": rates[0].read(learner.updates), **replay.stats()})
                 loop.logger.write(learner.updates)
-            if learner.updates % config.eval_every == 0 or learner.updates >= config.steps:
+            evaluate = learner.updates % config.eval_every == 0 or learner.updates >= config.steps
+            if evaluate or loop.checkpoint_due():
                 loop.save(learner.updates)
-                if driver is not None and config.eval_eps > 0:
-                    driver.reset()
-                    driver(agent_policy(learner.agent, "eval"), episodes=config.eval_eps)
+            if evaluate and driver is not None and config.eval_eps > 0:
+                driver.reset()
+                driver(agent_policy(learner.agent, "eval"), episodes=config.eval_eps)
     except KeyboardInterrupt:
-        loop.save(learner.updates)
-        print(f"\nInterrupted at update {learner.updates}; checkpoint saved in {loop.logdir}.")
+        saved, problems = loop.safe_save(learner.updates)
+        print(f"\nInterrupted at update {learner.updates}; checkpoint {'saved' if saved else 'not saved'} in "
+              f"{loop.logdir}" + "".join(f"; {problem}" for problem in problems) + ".")
         raise
-    except NonFiniteStop as error:
-        loop.save(learner.updates)
-        raise UserError(f"{error}; checkpoint saved") from None
+    except (NonFiniteStop, EnvError) as error:
+        saved, problems = loop.safe_save(learner.updates)
+        problems = [p for p in problems if str(error) not in p]
+        raise UserError(f"{error}; checkpoint {'saved' if saved else 'not saved'}"
+                        + "".join(f"; {p}" for p in problems)) from None
     finally:
         progress.close()
         if driver is not None:

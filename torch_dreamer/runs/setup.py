@@ -1,11 +1,14 @@
-"""Run set-up shared by training and evaluation: logdir, device, seeds."""
+"""Run set-up shared by training and evaluation: config checks, the logdir (and its lock), device, seeds."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import random
+import socket
 import sys
+import time
+import warnings
 
 import numpy as np
 import torch
@@ -23,7 +26,13 @@ POSITIVE = ("policy_refresh", "dataset.batch", "dataset.length")
 
 
 def validate_run_keys(config) -> None:
-    """The learner/actor keys, checked before the logdir or any env is touched."""
+    """The whole resolved config (`config.validate`) and the learner/actor keys, checked before the
+    logdir, any file or any env is touched."""
+    from torch_dreamer.config import validate
+
+    validate(config)
+    if str(config.logdir) in ("", "/dev/null"):
+        raise UserError("no --logdir given; pass --logdir DIR (a new folder, or an existing run to resume it)")
     flat = config.flat
     for key, choices in CHOICES.items():
         if str(flat[key]) not in choices:
@@ -38,17 +47,92 @@ def validate_run_keys(config) -> None:
         raise UserError("--offline_dir trains from a fixed dataset; drop --workers/--eval_workers/--learner_only")
 
 
-def prepare_logdir(config) -> pathlib.Path:
+def prepare_logdir(config) -> tuple[pathlib.Path, LogdirLock]:
+    """`make_logdir`, then `claim_logdir`: for a run that starts at once. Returns the logdir and its lock
+    (release it when the run ends). config.yaml is written by `write_config` once the run starts."""
+    logdir = make_logdir(config)
+    return logdir, claim_logdir(config, logdir)
+
+
+def make_logdir(config) -> pathlib.Path:
+    """Checks the whole config, then creates the logdir (unclaimed: claim it with `claim_logdir` before
+    writing into it)."""
     validate_run_keys(config)
-    if str(config.logdir) in ("", "/dev/null"):
-        raise UserError("no --logdir given; pass --logdir DIR (a new folder, or an existing run to resume it)")
     logdir = pathlib.Path(str(config.logdir)).expanduser()
     try:
         logdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create logdir {logdir}: {error.strerror}") from None
-    config.save(logdir / "config.yaml")
     return logdir
+
+
+def claim_logdir(config, logdir: pathlib.Path) -> LogdirLock:
+    """Takes the logdir's lock (a second run refuses in one line) and removes temp files of killed writers.
+
+    Returns the lock: release it when the run ends (the OS releases it if the process dies).
+    """
+    started = time.time()
+    lock = LogdirLock(logdir)
+    lock.acquire()
+    from torch_dreamer.tools.files import clean_stale_temps
+
+    # Temp files of killed writers: this run holds the lock, so every writer of these folders is gone.
+    for folder in (logdir, logdir / "train_episodes", logdir / "eval_episodes", logdir / "policy"):
+        clean_stale_temps(folder, started)
+    if config.replay_dir:  # a replay shared with other writers: only temps too old to be a live write
+        clean_stale_temps(str(config.replay_dir), started - STALE_SHARED_TEMP_S)
+    return lock
+
+
+STALE_SHARED_TEMP_S = 3600.0  # no episode write takes an hour; younger temps in a shared replay may be live
+
+
+def write_config(config, logdir: pathlib.Path) -> None:
+    """config.yaml of a run that starts (written after its checkpoint loaded, so a rejected command never
+    overwrites the config of the run in the logdir)."""
+    config.save(pathlib.Path(logdir) / "config.yaml")
+
+
+class LogdirLock:
+    """An exclusive lock on `{logdir}/.lock` (flock) holding the pid and host of the run using the logdir.
+
+    A second run on the same logdir gets a one-line error naming that process. The lock disappears with
+    the process, so a killed run never leaves a stale one. File systems without locks (some network
+    mounts) only get a warning. The shared replay of many actors is never locked.
+    """
+
+    def __init__(self, logdir: pathlib.Path):
+        self.path = pathlib.Path(logdir) / ".lock"
+        self._file = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock
+            return
+        file = open(self.path, "a+")
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise UserError(f"{self.path.parent} is in use by a running dreamer run ({holder}); wait for it to end, "
+                            "stop it, or use another --logdir") from None
+        except OSError as error:
+            file.close()
+            warnings.warn(f"cannot lock {self.path} ({error.strerror}); make sure no other run uses this logdir")
+            return
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -37,6 +37,7 @@ from torch_dreamer.tools.scores import (
 )
 
 ADD_CHOICES = ("auto", "seeds", "none") + tuple(agg_lib.STATS)
+MARKER_POINTS = 12  # lines with at most this many points get a marker on each
 DEFAULT_BASELINES = ["random", "human_gamer", "rainbow_sticky", "d4pg", "impala"]
 # The official score files beside a source checkout (repo/../shared); read when present, never shipped.
 OFFICIAL_BASELINES = (
@@ -51,8 +52,20 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+EXAMPLES = """bins: -1 (default) takes the official width (Atari 1e6 frames, DMC/Crafter 1e4, else 1e5), or
+about 20 bins over the run when it spans fewer than 5 of those (short runs); 0 plots the points unbinned.
+
+examples:
+  dreamer plot --indir logdir/cartpole --outdir plots/cartpole      # one run (layout: any folder works)
+  dreamer plot --indir ~/logdir --outdir ~/plots --table            # task/method/seed/**/metrics.jsonl
+  dreamer plot --indir logs ../shared/reference-data/dreamerv2-scores --tasks atari_pong --methods ours '^dreamerv2$' --outdir plots
+  dreamer plot --indir ~/logdir --yaxis train_return --bins 5e4 --outdir plots/train
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dreamer plot", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="dreamer plot", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--indir", nargs="+", required=True, help="run folders (task/method/seed/**/metrics.jsonl) or run files"
     )
@@ -108,13 +121,17 @@ def run(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     if not loaded.runs:
         raise UserError(f"no run under {' '.join(args.indir)} has '{args.yaxis}' values yet")
-    runs = bin_runs(filter_runs(loaded.runs, args.tasks, args.methods), args.bins)
+    selected = filter_runs(loaded.runs, args.tasks, args.methods)
+    runs = bin_runs(selected, args.bins)
     if not runs:
         raise UserError(f"the selected runs have no finite '{args.yaxis}' values")
     tasks = sorted({r.task for r in runs})
     chosen = select_baselines(loaded.baselines, args.baselines, tasks)
     names = sorted({m for scores in chosen.values() for m in scores}, key=_baseline_order)
+    ends = run_ends(selected)
     finals = agg_lib.final_scores(runs, args.bins, args.step)
+    if args.step is None:  # label final scores with the step reached, not the end of its bin
+        finals = {key: (min(step, ends.get(key, step)), values) for key, (step, values) in finals.items()}
     if args.step is not None and not any(len(values) for _, values in finals.values()):
         print(f"note: no run has reached --step {report.fmt_step(args.step)} (within one bin)", file=sys.stderr)
     rows = agg_lib.aggregate_finals(finals, loaded.baselines, names, args.reps)
@@ -122,6 +139,10 @@ def run(args) -> int:
         print(report.aggregate_report(rows, args.reps))
     if args.table:
         table = agg_lib.task_table(runs, loaded.baselines, args.bins, args.step)
+        if args.step is None:
+            for row in table:
+                reached = [ends[(row["task"], m)] for m in row["methods"] if (row["task"], m) in ends]
+                row["step"] = min([row["step"], *reached])
         print("\n" + report.task_report(table, names))
     if args.outdir:
         try:
@@ -129,6 +150,21 @@ def run(args) -> int:
         except OSError as exc:
             raise UserError(f"--outdir {args.outdir}: {exc.strerror or exc}") from None
     return 0
+
+
+def run_ends(runs) -> dict[tuple[str, str], float]:
+    """{(task, method): the furthest step with a finite value any of its seeds reached}, before binning.
+
+    Binned points are labelled with the end of their bin, so a 2000-frame run lands in the bin labelled
+    with the bin width (1M for Atari); the tables say the step actually reached instead.
+    """
+    ends: dict[tuple[str, str], float] = {}
+    for run in runs:
+        ok = np.isfinite(run.xs) & np.isfinite(run.ys)
+        if ok.any():
+            key = (run.task, run.method)
+            ends[key] = max(ends.get(key, -math.inf), float(run.xs[ok].max()))
+    return ends
 
 
 def _baseline_order(name: str):
@@ -326,7 +362,9 @@ def _draw_panel(ax, panel: Panel, colors, handles) -> None:
         # would otherwise leave isolated points.
         ok = np.isfinite(line.ys)
         draw = ax.step if line.step else ax.plot
-        (handle,) = draw(line.xs[ok], line.ys[ok], color=color, lw=1.5, **({"where": "post"} if line.step else {}))
+        # A line of one or a few points (a short run) would be invisible or easy to miss without markers.
+        style = {"where": "post"} if line.step else ({"marker": "o", "ms": 4} if ok.sum() <= MARKER_POINTS else {})
+        (handle,) = draw(line.xs[ok], line.ys[ok], color=color, lw=1.5, **style)
         handles.setdefault(line.label, handle)
         if line.low is not None:
             band = ok & np.isfinite(line.low) & np.isfinite(line.high)

@@ -56,30 +56,39 @@ class Loaded:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """Parse a metrics.jsonl file. A broken last line is a run still writing and is skipped."""
-    lines = path.read_text(errors="replace").splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
+    """Parse a metrics.jsonl file, skipping lines that are not JSON objects.
+
+    A run still writing leaves a partial last line, and a run killed while writing leaves one that a
+    resumed run (before torch_dreamer started it on a fresh line) appended to; such lines are skipped
+    with one warning per file naming how many, never failing the whole plot.
+    """
+    rows, skipped = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise UserError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+        except json.JSONDecodeError:
+            row = None
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object per line")
+            skipped.append(number)
+            continue
         rows.append(row)
+    if skipped:
+        import warnings
+
+        warnings.warn(f"{path}: skipped {len(skipped)} unreadable line(s) (first: line {skipped[0]}), "
+                      "e.g. a partial line written when the run was killed", stacklevel=2)
     return rows
 
 
 def run_from_metrics(path: Path, root: Path, xaxis: str, yaxis: str) -> tuple[Run | None, str | None]:
     """One run from `root/task/method/seed/**/metrics.jsonl`; returns (None, note) when it has no y values."""
     parts = path.relative_to(root).parts[:-1]
-    if len(parts) < 3:
-        raise UserError(f"{path}: expected the layout task/method/seed/**/metrics.jsonl under {root}")
-    task, method, seed = parts[:3]
+    if len(parts) >= 3:
+        task, method, seed = parts[:3]
+    else:
+        task, method, seed = _single_run_identity(path)
     rows = read_metrics(path)
     points = [(r[xaxis], r[yaxis]) for r in rows if _number(r.get(xaxis)) and _number(r.get(yaxis))]
     if not points:
@@ -89,6 +98,23 @@ def run_from_metrics(path: Path, root: Path, xaxis: str, yaxis: str) -> tuple[Ru
         return None, note
     xs, ys = np.array(points, dtype=float).T
     return Run(task, method, seed, xs, ys, str(path)), None
+
+
+def _single_run_identity(path: Path) -> tuple[str, str, str]:
+    """(task, method, seed) of a run folder given directly (e.g. `--indir logdir/cartpole`), from the
+    `config.yaml` that `dreamer train` writes beside metrics.jsonl; the method is the folder's name."""
+    config_path = path.parent / "config.yaml"
+    if config_path.is_file():
+        import yaml
+
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError:
+            config = {}
+        if isinstance(config, dict) and isinstance(config.get("task"), str):
+            return config["task"], path.parent.resolve().name, str(config.get("seed", 0))
+    raise UserError(f"{path}: expected the layout task/method/seed/**/metrics.jsonl, or a run folder with "
+                    "its config.yaml")
 
 
 def _number(value) -> bool:
@@ -311,6 +337,36 @@ def bin_size_for(task: str, bins: float) -> float:
     return auto_bin_size(task) if bins is None or bins < 0 else float(bins)
 
 
+MIN_BINS = 5  # a task whose runs span fewer official bins than this gets narrower ones
+SHORT_RUN_BINS = 20  # about this many bins for such a short run
+
+
+def short_run_bin_size(span: float) -> float:
+    """A round bin width (1, 2 or 5 x 10^k frames) giving about SHORT_RUN_BINS bins over `span` frames."""
+    target = span / SHORT_RUN_BINS
+    if not np.isfinite(target) or target <= 0:
+        return 0.0
+    exponent = 10.0 ** np.floor(np.log10(target))
+    return float(max(m for m in (1, 2, 5) if m * exponent <= target * (1 + 1e-9)) * exponent)
+
+
+def task_bin_sizes(runs: list[Run], bins: float | None = -1) -> dict[str, float]:
+    """Bin width per task: `bins` when given (>= 0), else the official default for the suite, unless the
+    task's longest run spans fewer than MIN_BINS of those: then a round width giving ~20 bins over it, so a
+    3000-step CartPole run plots as a curve instead of one point (the default bin would be 1e5 frames).
+    All runs of a task share the width, so their seeds and methods stay on one grid."""
+    sizes = {}
+    for task in {run.task for run in runs}:
+        size = bin_size_for(task, bins)
+        if bins is None or bins < 0:
+            ends = [float(np.nanmax(r.xs)) for r in runs if r.task == task and np.isfinite(r.xs).any()]
+            span = max(ends, default=0.0)
+            if 0 < span < MIN_BINS * size:
+                size = short_run_bin_size(span) or size
+        sizes[task] = size
+    return sizes
+
+
 def bin_xy(xs, ys, size: float) -> tuple[np.ndarray, np.ndarray]:
     """Average ys over bins (k-1)*size < x <= k*size, labelled k*size; empty bins are dropped.
 
@@ -332,10 +388,11 @@ def bin_xy(xs, ys, size: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bin_runs(runs: list[Run], bins: float | None = -1) -> list[Run]:
-    """Bin every run; runs left without a finite point (all values null) are dropped."""
+    """Bin every run (widths from `task_bin_sizes`); runs left without a finite point (all null) are dropped."""
+    sizes = task_bin_sizes(runs, bins)
     out = []
     for run in runs:
-        xs, ys = bin_xy(run.xs, run.ys, bin_size_for(run.task, bins))
+        xs, ys = bin_xy(run.xs, run.ys, sizes[run.task])
         if len(xs):
             out.append(Run(run.task, run.method, run.seed, xs, ys, run.source))
     return out

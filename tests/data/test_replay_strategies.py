@@ -1,0 +1,105 @@
+"""Replay strategies: reservoir keeps every task's share, random replacement reproduces Continual-Dreamer's
+skew, FIFO keeps only the last task; 50:50, reward and coverage behave as their formulas say."""
+
+import numpy as np
+import pytest
+
+from torch_dreamer.data import EpisodeStore
+from torch_dreamer.data.replay_strategies import (
+    CoverageEviction,
+    FifoEviction,
+    RandomReplacementEviction,
+    ReservoirEviction,
+    WeightedChunkSampler,
+    embed_episode,
+    make_eviction,
+)
+
+
+def episode(task, length=10, value=0.0, reward=0.0):
+    rows = length + 1
+    return {"vector": np.full((rows, 3), value, np.float32), "action": np.zeros((rows, 2), np.float32),
+            "reward": np.full(rows, reward / length, np.float32), "task": np.full(rows, task, np.int32)}
+
+
+def task_shares(eviction, tasks=4, per_task=100, length=10):
+    """Shares of each task's episodes in a store of one task's capacity after the whole sequence."""
+    store = EpisodeStore(None, capacity=per_task * length, minlen=1, eviction=eviction)
+    for task in range(tasks):
+        for _ in range(per_task):
+            store.add(episode(task, length))
+    held = [int(store.get(k)["task"][0]) for k in store.keys()]
+    return np.bincount(held, minlength=tasks) / len(held)
+
+
+def test_reservoir_keeps_every_task_at_an_equal_share():
+    shares = np.mean([task_shares(ReservoirEviction(seed)) for seed in range(40)], axis=0)
+    assert np.allclose(shares, 0.25, atol=0.03), shares
+
+
+def test_random_replacement_reproduces_the_original_skew():
+    shares = np.mean([task_shares(RandomReplacementEviction(seed)) for seed in range(20)], axis=0)
+    # Reference §5 (lengths U[20, 100]): .05 / .09 / .23 / .63: old tasks decay, the last dominates.
+    assert shares[0] < 0.1 and shares[1] < 0.15 and 0.15 < shares[2] < 0.35 and shares[3] > 0.5, shares
+    assert np.all(np.diff(shares) > 0)
+
+
+def test_fifo_keeps_only_the_last_task():
+    assert task_shares(FifoEviction()).tolist() == [0, 0, 0, 1]
+
+
+def test_reservoir_can_reject_the_incoming_episode():
+    store = EpisodeStore(None, capacity=10, minlen=1, eviction=ReservoirEviction(0))
+    store.add(episode(0))
+    kept_new = 0
+    for i in range(200):
+        store.add(episode(1, value=i))
+        kept_new += any(store.get(k)["vector"][0, 0] == i and store.get(k)["task"][0] == 1 for k in store.keys())
+    assert 0 < kept_new < 200  # sometimes the new one is dropped, as the textbook algorithm does
+
+
+def test_recent_past_draws_the_configured_fraction_from_the_ramp():
+    store = EpisodeStore(None, minlen=1)
+    for i in range(100):
+        store.add({**episode(0, length=10), "marker": np.full(11, i, np.int32)})
+    for p, expected in ((0.0, 0.5), (0.5, 0.5 * 0.75 + 0.5 * 0.5), (1.0, 0.75)):
+        sampler = WeightedChunkSampler(store, 5, seed=1, recent_past=p)
+        newest_half = np.mean([sampler.sample()["marker"][0] >= 50 for _ in range(4000)])
+        assert newest_half == pytest.approx(expected, abs=0.03), (p, newest_half)
+
+
+def test_reward_weights_follow_exp_of_return_minus_max():
+    store = EpisodeStore(None, minlen=1)
+    returns = [0.0, 1.0, 2.0]
+    for i, r in enumerate(returns):
+        store.add({**episode(0, reward=r), "marker": np.full(11, i, np.int32)})
+    sampler = WeightedChunkSampler(store, 5, seed=2, weights="reward")
+    counts = np.bincount([sampler.sample()["marker"][0] for _ in range(6000)], minlength=3) / 6000
+    expected = np.exp(np.array(returns) - 2.0)
+    assert np.allclose(counts, expected / expected.sum(), atol=0.02), counts
+
+
+def test_coverage_keeps_the_more_diverse_episodes():
+    store = EpisodeStore(None, capacity=20 * 10, minlen=1, eviction=CoverageEviction(0))
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        same = i % 2 == 0
+        store.add({**episode(0 if same else 1), "vector": (np.zeros((11, 3)) if same else
+                                                          rng.normal(size=(11, 3)) * 3).astype(np.float32)})
+    held = [int(store.get(k)["task"][0]) for k in store.keys()]
+    assert held.count(1) >= 15, held  # the diverse set stays, the copies of one episode leave
+
+
+def test_coverage_embedding_is_small():
+    image_episode = {"image": np.random.default_rng(0).integers(0, 255, (101, 64, 64, 3), np.uint8),
+                     "action": np.zeros((101, 2), np.float32)}
+    assert embed_episode(image_episode).nbytes <= 4096
+
+
+def test_eviction_state_round_trips():
+    a = ReservoirEviction(3)
+    for i in range(5):
+        a.added(f"k{i}", {})
+    b = make_eviction("reservoir", 99)
+    b.load_state_dict(a.state_dict())
+    assert b.seen == 5 and b.rng.random() == a.rng.random()

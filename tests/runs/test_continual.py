@@ -1,0 +1,149 @@
+"""`dreamer continual`: every command of Continual-Dreamer's README runs (shortened: tiny model, few steps),
+task sequences are the right ones, interference tasks share layout and start, and a resumed sequence ends
+like an uncut one."""
+
+import json
+import pathlib
+import re
+import shlex
+
+import numpy as np
+import pytest
+
+from torch_dreamer.cli import main
+from torch_dreamer.runs.checkpoint import load_checkpoint
+from tests.runs.conftest import TINY, read_metrics
+
+SEED_README = pathlib.Path(__file__).resolve().parents[3] / "shared" / "seeds"
+# The commands of Continual-Dreamer's README (../shared/seeds/002_*.txt), as its users type them.
+COMMANDS = [
+    "train_minigrid.py --cl --num_tasks=3 --tag=mg_new_cl_s1_1M --steps=750000 --seed=1 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --wandb_proj_name=minigrid_new --minlen=5 --rssm_full_recon",
+    "train_minigrid.py --cl --num_tasks=3 --tag=mg_sb_fr_cl_s0_1M --wandb_proj_name=minigrid_state_bonus --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --wandb_proj_name=minigrid_new --minlen=5 --state_bonus --rssm_full_recon",
+    "train_minigrid.py --wandb_proj_name=minigrid_new --cl --num_tasks=3 --tag=mg_new_cl_p2e0.9_s6_1M --steps=750000 --seed=6 --plan2explore --expl_intr_scale=0.9 --expl_extr_scale=0.9 --logdir=logs --del_exp_replay --minlen=50 --rssm_full_recon --sep_exp_eval_policies",
+    "train_minihack.py --cl --cl_small --num_tasks=4 --tag=mh_cl_small_s0_1M --wandb_proj_name=minihack_task_dist --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --rssm_full_recon --minlen=5 --replay_capacity=1000000",
+    "train_minihack.py --cl --cl_small --num_tasks=4 --tag=mh_cl_small_s0_1M --wandb_proj_name=minihack --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --minlen=5 --replay_capacity=1000000  --plan2explore --expl_intr_scale=0.9 --expl_extr_scale=0.9",
+    "train_minihack.py --cl --cl_small --num_tasks=4 --tag=mh_cl_small_rs_s0_1M --wandb_proj_name=minihack_task_dist --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --minlen=5 --replay_capacity=1000000 --reservoir_sampling",
+    "train_minihack.py --cl --cl_small --num_tasks=4 --tag=mh_cl_small_rs_s0_1M --wandb_proj_name=minihack --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --minlen=5 --replay_capacity=1000000  --plan2explore --expl_intr_scale=0.9 --expl_extr_scale=0.9 --reservoir_sampling",
+    "train_minihack.py --cl --cl_small --num_tasks=4 --tag=mh_cl_small_rs_5050_s0_1M --wandb_proj_name=minihack --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --minlen=5 --replay_capacity=1000000 --reservoir_sampling --recent_past_sampl_thres=0.5",
+    "train_minihack.py --cl --cl_small --num_tasks=4 --tag=mh_cl_small_cm_s0_1M --wandb_proj_name=minihack_task_dist --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --minlen=5 --replay_capacity=1000000 --coverage_sampling",
+    "train_minihack.py --cl --cl_small --num_tasks=4 --tag=mh_cl_small_rwd_new_s0_1M --wandb_proj_name=minihack_task_dist --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --minlen=5 --replay_capacity=1000000 --reward_sampling",
+    "train_minihack.py --cl --num_tasks=8 --tag=mh_cl_s0_1M --wandb_proj_name=cl_8_tasks_RS --wandb_group=dv2 --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --sep_exp_eval_policies --minlen=5 --replay_capacity=2000000",
+    "train_minihack.py --cl --num_tasks=8 --tag=mh_cl_p2e_s0_1M --wandb_proj_name=cl_8_tasks_RS --steps=1000000 --seed=0 --logdir=logs_cl --del_exp_replay --minlen=5 --replay_capacity=2000000 --reservoir_sampling",
+    "interference.py --proc --num_tasks=1 --wandb_proj_name=interference --tag=proc_interference_s0 --steps=1000000 --seed=0 --logdir=logs --del_exp_replay --minlen=5",
+    "interference.py --proc --num_tasks=1 --wandb_proj_name=interference --tag=proc_interference_p2e0.9_s0 --steps=1000000 --seed=0 --logdir=logs --del_exp_replay --minlen=5 --plan2explore --expl_intr_scale=0.9 --expl_extr_scale=0.9",
+    "interference.py --num_tasks=2 --wandb_proj_name=interference --wandb_proj_name=interference --tag=interference_sb_s0 --steps=1000000 --seed=0 --logdir=logs --del_exp_replay --minlen=5",
+    "interference.py --num_tasks=2 --wandb_proj_name=interference --wandb_proj_name=interference --tag=interference_p2e0.5_sb_s3 --steps=1000000 --seed=3 --logdir=logs --del_exp_replay --minlen=5 --plan2explore --expl_intr_scale=0.5 --expl_extr_scale=0.5",
+]
+SUITE = {"train_minigrid.py": "minigrid", "train_minihack.py": "minihack", "interference.py": "interference"}
+# Appended to shorten each command: a tiny model, 40 steps per task, one eval episode per task.
+SHORT = [*TINY, "--prefill", "30", "--eval_every", "40", "--log_every", "20", "--cl.eval_eps_per_task", "1",
+         "--dataset.batch", "2", "--dataset.length", "5", "--time_limit", "20", "--expl_head.layers", "1",
+         "--expl_head.units", "16", "--disag_models", "2", "--wandb.mode", "disabled"]
+
+
+def shorten(command: str, tmp_path) -> list[str]:
+    script, *flags = shlex.split(command)
+    flags = [re.sub(r"^--steps=.*", "--steps=40", f) for f in flags]
+    flags = [re.sub(r"^--logdir=(.*)", lambda m: f"--logdir={tmp_path / m.group(1)}", f) for f in flags]
+    return ["continual", SUITE[script], *flags, *SHORT]
+
+
+def test_the_commands_match_the_seed_readme():
+    text = "".join(p.read_text() for p in SEED_README.glob("002_*.txt")) if SEED_README.exists() else ""
+    if not text:
+        pytest.skip("../shared/seeds is not present")
+    typed = [" ".join(line.split()[1:]) for line in text.splitlines() if line.startswith("python ") and ".py --" in line]
+    assert [" ".join(c.split()) for c in COMMANDS] == [" ".join(t.split()) for t in typed if "dreamerv2/" not in t]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.split("--tag=")[1].split()[0] for c in COMMANDS])
+def test_every_readme_command_runs(command, tmp_path, one_thread):
+    argv = shorten(command, tmp_path)
+    assert main(argv) == 0
+    logdirs = [p.parent for p in tmp_path.rglob("metrics.jsonl")]
+    assert len(logdirs) == 1
+    logdir = logdirs[0]
+    tag = re.search(r"--tag=(\S+)", command).group(1)
+    assert tag in logdir.name  # the original's naming: {logdir}/minigrid_{tag}_{seed}
+    rows = read_metrics(logdir)
+    logged = set().union(*(row.keys() for row in rows))
+    assert {"eval_return_0", "eval_success_0", "er_task_0", "train_return"} <= logged
+    if "--del_exp_replay" in command:
+        assert not (logdir / "train_episodes").exists()  # deleted after the final checkpoint
+    counters = load_checkpoint(logdir / "checkpoint.pt")["counters"]
+    tasks = 1 if "--proc" in command else int(re.search(r"--num_tasks=(\d)", command).group(1))
+    assert counters["task_index"] == tasks
+
+
+def test_task_lists_flags_and_errors(tmp_path):
+    from torch_dreamer.runs.continual_cli import build
+    from torch_dreamer.errors import UserError
+
+    config, evals = build("minigrid", ["--cl", "--num_tasks=3", f"--logdir={tmp_path}"])
+    assert config.cl.tasks == ["minigrid_MiniGrid-DoorKey-8x8-v0", "minigrid_MiniGrid-LavaCrossingS9N1-v0",
+                               "minigrid_MiniGrid-SimpleCrossingS9N1-v0"] and evals == config.cl.tasks
+    assert config.time_limit == 100 and config.render_size == [64, 64] and config.seed == 42
+    config, _ = build("minihack", ["--cl", "--cl_small", "--num_tasks", "4", "--reservoir_sampling",
+                                   "--recent_past_sampl_thres", "0.5", "--beta=0.5"])
+    assert config.cl.tasks[1] == "minihack_MiniHack-Room-Trap-15x15-v0" and config.replay.eviction == "reservoir"
+    assert config.replay.recent_past == 0.5 and config.loss_scales.kl == 0.5
+    config, _ = build("minigrid", ["--cl", "--plan2explore", "--sep_exp_eval_policies", "--unbalanced_steps=10,20,30"])
+    assert config.expl_behavior == "plan2explore" and config.grad_heads == ["decoder"] and not config.pred_discount
+    assert config.eval_policy == "task" and config.cl.unbalanced_steps == [10, 20, 30]
+    config, _ = build("minigrid", ["--env", "1", "--rssm.deter", "64"])  # no --cl: the one task --env names
+    assert config.cl.tasks == ["minigrid_MiniGrid-LavaCrossingS9N1-v0"] and config.rssm.deter == 64
+    with pytest.raises(UserError, match="unknown"):
+        build("minigrid", ["--cl", "--no_such_flag", "1"])
+    with pytest.raises(UserError, match="num_tasks"):
+        build("minigrid", ["--cl", "--num_tasks=5"])
+
+
+def test_task_schedule_repeats_and_unbalanced_budgets(tmp_path):
+    from torch_dreamer.runs.continual import task_schedule
+    from torch_dreamer.runs.continual_cli import build
+
+    config, _ = build("minigrid", ["--cl", "--num_tasks=2", "--num_task_repeats=2", "--unbalanced_steps=100,300"])
+    assert [(i, steps) for i, _, steps in task_schedule(config)] == [(0, 100), (1, 300), (0, 100), (1, 300)]
+
+
+def test_interference_tasks_share_layout_and_start_and_differ_in_goal():
+    from torch_dreamer.envs.fourrooms import interference_id, make_interference
+
+    envs = [make_interference(interference_id(5, goal)) for goal in (0, 1)]
+    for env in envs:
+        env.reset()
+    a, b = (env.unwrapped for env in envs)
+    walls = lambda grid: [(x, y) for x in range(grid.width) for y in range(grid.height)
+                          if grid.get(x, y) is not None and grid.get(x, y).type == "wall"]
+    assert walls(a.grid) == walls(b.grid) and tuple(a.agent_pos) == tuple(b.agent_pos)
+    goal = lambda env: [(x, y) for x in range(env.grid.width) for y in range(env.grid.height)
+                        if env.grid.get(x, y) is not None and env.grid.get(x, y).type == "goal"]
+    assert goal(a) != goal(b)
+    # The layout is fixed across episodes, and another seed gives another layout (--proc, --env_seed).
+    envs[0].reset(seed=123)
+    assert walls(envs[0].unwrapped.grid) == walls(b.grid)
+    other = make_interference(interference_id(6, 0))
+    other.reset()
+    assert walls(other.unwrapped.grid) != walls(a.grid)
+
+
+def test_a_resumed_sequence_matches_an_uncut_one(tmp_path, one_thread):
+    def run(logdir, steps_override=None, interrupt=False):
+        argv = ["continual", "minigrid", "--cl", "--num_tasks=2", "--steps=60", "--seed=3", f"--logdir={logdir}",
+                "--minlen=5", "--tag=r", "--reservoir_sampling", "--replay_capacity=150", *SHORT,
+                "--deterministic", "True"]
+        return main(argv)
+
+    assert run(tmp_path / "uncut") == 0
+    uncut = next((tmp_path / "uncut").rglob("checkpoint.pt")).parent
+    # Cut: stop after the first task by running a one-task sequence first, then the full sequence.
+    argv = ["continual", "minigrid", "--cl", "--num_tasks=2", "--steps=60", "--seed=3", f"--logdir={tmp_path / 'cut'}",
+            "--minlen=5", "--tag=r", "--reservoir_sampling", "--replay_capacity=150", *SHORT, "--deterministic", "True"]
+    assert main(argv[:3] + ["--num_tasks=1"] + argv[4:]) == 0
+    assert main(argv) == 0
+    cut = next((tmp_path / "cut").rglob("checkpoint.pt")).parent
+    a, b = load_checkpoint(uncut / "checkpoint.pt"), load_checkpoint(cut / "checkpoint.pt")
+    assert a["counters"]["task_index"] == b["counters"]["task_index"] == 2
+    assert a["counters"]["step"] == b["counters"]["step"]
+    assert json.dumps(a.get("replay", {}), default=str) == json.dumps(b.get("replay", {}), default=str)
+    assert np.isfinite(a["counters"]["updates"])
