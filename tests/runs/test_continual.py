@@ -35,9 +35,10 @@ COMMANDS = [
     "interference.py --num_tasks=2 --wandb_proj_name=interference --wandb_proj_name=interference --tag=interference_p2e0.5_sb_s3 --steps=1000000 --seed=3 --logdir=logs --del_exp_replay --minlen=5 --plan2explore --expl_intr_scale=0.5 --expl_extr_scale=0.5",
 ]
 SUITE = {"train_minigrid.py": "minigrid", "train_minihack.py": "minihack", "interference.py": "interference"}
-# Appended to shorten each command: a tiny model, 40 steps per task, one eval episode per task.
+# Appended to shorten each command: a tiny model, 40 steps per task (task 0 adds a 55-step prefill
+# episode, long enough for --minlen=50), one eval episode per task.
 SHORT = [*TINY, "--prefill", "30", "--eval_every", "40", "--log_every", "20", "--cl.eval_eps_per_task", "1",
-         "--dataset.batch", "2", "--dataset.length", "5", "--time_limit", "20", "--expl_head.layers", "1",
+         "--dataset.batch", "2", "--dataset.length", "5", "--time_limit", "55", "--expl_head.layers", "1",
          "--expl_head.units", "16", "--disag_models", "2", "--wandb.mode", "disabled"]
 
 
@@ -127,23 +128,46 @@ def test_interference_tasks_share_layout_and_start_and_differ_in_goal():
     assert walls(other.unwrapped.grid) != walls(a.grid)
 
 
-def test_a_resumed_sequence_matches_an_uncut_one(tmp_path, one_thread):
-    def run(logdir, steps_override=None, interrupt=False):
-        argv = ["continual", "minigrid", "--cl", "--num_tasks=2", "--steps=60", "--seed=3", f"--logdir={logdir}",
-                "--minlen=5", "--tag=r", "--reservoir_sampling", "--replay_capacity=150", *SHORT,
-                "--deterministic", "True"]
-        return main(argv)
+def test_a_resumed_sequence_continues_where_it_stopped(tmp_path, one_thread, monkeypatch):
+    """Ctrl-C in task 1; re-running the command continues task 1 at its step with the replay's exact
+    membership (reservoir), and ends with the task index and counters of an uncut run."""
+    from torch_dreamer.data import EpisodeStore
+    from torch_dreamer.runs import continual
 
-    assert run(tmp_path / "uncut") == 0
-    uncut = next((tmp_path / "uncut").rglob("checkpoint.pt")).parent
-    # Cut: stop after the first task by running a one-task sequence first, then the full sequence.
-    argv = ["continual", "minigrid", "--cl", "--num_tasks=2", "--steps=60", "--seed=3", f"--logdir={tmp_path / 'cut'}",
-            "--minlen=5", "--tag=r", "--reservoir_sampling", "--replay_capacity=150", *SHORT, "--deterministic", "True"]
-    assert main(argv[:3] + ["--num_tasks=1"] + argv[4:]) == 0
-    assert main(argv) == 0
-    cut = next((tmp_path / "cut").rglob("checkpoint.pt")).parent
-    a, b = load_checkpoint(uncut / "checkpoint.pt"), load_checkpoint(cut / "checkpoint.pt")
-    assert a["counters"]["task_index"] == b["counters"]["task_index"] == 2
-    assert a["counters"]["step"] == b["counters"]["step"]
-    assert json.dumps(a.get("replay", {}), default=str) == json.dumps(b.get("replay", {}), default=str)
-    assert np.isfinite(a["counters"]["updates"])
+    def argv(name):
+        return ["continual", "minigrid", "--cl", "--num_tasks=2", "--steps=60", "--seed=3", f"--logdir={tmp_path / name}",
+                "--minlen=5", "--tag=r", "--reservoir_sampling", "--replay_capacity=150", *SHORT]
+
+    assert main(argv("uncut")) == 0
+    uncut = load_checkpoint(next((tmp_path / "uncut").rglob("checkpoint.pt")))["counters"]
+    calls = {"n": 0}
+    evaluate = continual.ContinualRun._evaluate
+
+    def interrupting(self):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second evaluation of task 1, 40 steps into it
+            raise KeyboardInterrupt
+        return evaluate(self)
+
+    monkeypatch.setattr(continual.ContinualRun, "_evaluate", interrupting)
+    assert main(argv("cut")) == 130
+    monkeypatch.setattr(continual.ContinualRun, "_evaluate", evaluate)
+    path = next((tmp_path / "cut").rglob("checkpoint.pt"))
+    saved = load_checkpoint(path)
+    assert saved["counters"]["task_index"] == 1 and 0 < saved["counters"]["task_step"] < 60
+    members = saved["replay"]["members"]
+    restored = {}
+    load_state = EpisodeStore.load_state_dict
+
+    def spy(store, state):
+        load_state(store, state)
+        restored["names"] = [key.rsplit("/", 1)[-1] for key in store.keys()]
+
+    monkeypatch.setattr(EpisodeStore, "load_state_dict", spy)
+    assert main(argv("cut")) == 0
+    assert restored["names"] == members  # exactly the held episodes, not "the newest files"
+    final = load_checkpoint(path)["counters"]
+    assert (final["task_index"], final["task_step"], final["step"]) == (uncut["task_index"], uncut["task_step"],
+                                                                         uncut["step"])
+    rows = read_metrics(path.parent)
+    assert max(r["step"] for r in rows if "eval_success_1" in r) == final["step"]

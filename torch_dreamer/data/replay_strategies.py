@@ -29,28 +29,10 @@ from typing import Sequence
 import numpy as np
 
 from .samplers import ChunkSampler
+from .store import FifoEviction
 
 EMBED_SIDE = 8
 MAX_COMPARISONS = 1000
-
-
-class FifoEviction:
-    """Drop the oldest episode (the official policy)."""
-
-    def added(self, key: str, episode: dict) -> None:
-        pass
-
-    def select(self, keys: Sequence[str]) -> str:
-        return keys[0]
-
-    def removed(self, key: str) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class _Random(FifoEviction):
@@ -136,7 +118,8 @@ class CoverageEviction(_Random):
             others = [others[i] for i in self.rng.choice(len(others), self.comparisons, replace=False)]
         distances = [float(np.linalg.norm(embedding - other)) for other in others]
         self.embeddings[key] = embedding
-        self.priority[key] = float(np.median(distances)) if distances else float("inf")
+        # No neighbour yet: 0, as the original's first episode (compared with itself) got.
+        self.priority[key] = float(np.median(distances)) if distances else 0.0
 
     def select(self, keys: Sequence[str]) -> str:
         return min(keys, key=lambda k: self.priority.get(k, float("inf")))
@@ -147,11 +130,17 @@ class CoverageEviction(_Random):
 
     def state_dict(self) -> dict:
         # Embeddings are recomputed from the episodes on resume; priorities are kept as they were.
-        return {**super().state_dict(), "priority": dict(self.priority)}
+        # Keys are file paths; priorities are stored by file name so a moved logdir still resumes.
+        return {**super().state_dict(), "priority": {k.rsplit("/", 1)[-1]: v for k, v in self.priority.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.priority.update(state.get("priority", {}))
+        self._saved_priority = dict(state.get("priority", {}))
+
+    def restored(self, key: str, episode: dict) -> None:
+        self.embeddings[key] = embed_episode(episode)  # recomputed from the episode
+        saved = getattr(self, "_saved_priority", {})
+        self.priority[key] = saved.get(key.rsplit("/", 1)[-1], self.priority.get(key, float("inf")))
 
 
 EVICTIONS = {"fifo": FifoEviction, "reservoir": ReservoirEviction, "random_replacement": RandomReplacementEviction,

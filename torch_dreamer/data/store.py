@@ -111,16 +111,47 @@ class DictStorage:
 
 
 class Eviction(Protocol):
-    """Chooses which stored episode to drop from RAM while the store is over capacity."""
+    """Chooses which stored episode leaves RAM while the store is over capacity.
+
+    The store calls `added(key, episode)` for every new sampleable episode (before evicting), `select(keys)`
+    while over capacity (it may return the newest key: the incoming episode is then dropped), `removed(key)`
+    for each key that left, and `restored(key, episode)` for the members brought back on resume.
+    Strategies beyond FIFO: `torch_dreamer.data.replay_strategies`.
+    """
+
+    def added(self, key: str, episode: Episode) -> None: ...
 
     def select(self, keys: Sequence[str]) -> str: ...
+
+    def removed(self, key: str) -> None: ...
+
+    def restored(self, key: str, episode: Episode) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class FifoEviction:
     """Drop the oldest episode (the official policy)."""
 
+    def added(self, key: str, episode: Episode) -> None:
+        pass
+
     def select(self, keys: Sequence[str]) -> str:
         return keys[0]
+
+    def removed(self, key: str) -> None:
+        pass
+
+    def restored(self, key: str, episode: Episode) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class EpisodeStore:
@@ -200,6 +231,7 @@ class EpisodeStore:
                 self._insert(key, episode)
                 added += 1
                 if not resume:  # on resume the file crossing capacity stays, like the official loader
+                    self._hook("added", key, episode)
                     self._enforce_limit()
         if on_episode is not None:
             for episode in loaded.values():
@@ -294,6 +326,7 @@ class EpisodeStore:
                 self._total_steps += length
                 if length >= self.minlen:
                     self._insert(key, episode)
+                    self._hook("added", key, episode)
                     self._enforce_limit()
         return path
 
@@ -310,6 +343,60 @@ class EpisodeStore:
             key = self._eviction.select(self._storage.keys())
             self._storage.remove(key)
             self._loaded_steps -= self._lengths.pop(key)
+            self._hook("removed", key)
+
+    def _hook(self, name: str, *args) -> None:
+        """Calls an eviction's optional hook; a plain `select`-only eviction needs none."""
+        hook = getattr(self._eviction, name, None)
+        if hook is not None:
+            hook(*args)
+
+    def state_dict(self) -> dict:
+        """Which episodes are held (file names, oldest first) and the eviction's state, for the checkpoint.
+
+        FIFO needs no membership: a resumed store holds the newest files, which is what FIFO held."""
+        with self._lock:
+            if isinstance(self._eviction, FifoEviction) and type(self._eviction).select is FifoEviction.select:
+                return {}
+            return {"members": [file_name(key) for key in self._storage.keys()],
+                    "eviction": self._eviction.state_dict() if hasattr(self._eviction, "state_dict") else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the held episodes of a checkpoint exactly (not "the newest files"), reading members
+        that are not in RAM from the directory and dropping the others from RAM. Members whose files are
+        gone are skipped with a warning."""
+        if not state or "members" not in state:
+            return
+        members = list(state["members"])
+        with self._write_lock:
+            by_name = {file_name(key): key for key in self._storage.keys()}
+            wanted = set(members)
+            missing = [name for name in members if name not in by_name]
+            paths = {file_name(path): path for path in list_episodes(self.directory)} if missing else {}
+            loaded = read_files([paths[name] for name in missing if name in paths], self._spec) if paths else {}
+            loaded_by_name = {file_name(key): (key, episode) for key, episode in loaded.items()}
+            with self._lock:
+                for name, key in by_name.items():
+                    if name not in wanted:
+                        self._storage.remove(key)
+                        self._loaded_steps -= self._lengths.pop(key)
+                held = {file_name(key): key for key in self._storage.keys()}
+                order = []
+                for name in members:
+                    if name in held:
+                        order.append((held[name], self._storage.remove(held[name])))
+                    elif name in loaded_by_name:
+                        order.append(loaded_by_name[name])
+                    else:
+                        warnings.warn(f"replay member {name} is gone from {self.directory}; continuing without it",
+                                      stacklevel=2)
+                for key in [k for k, _ in order if k in self._lengths]:
+                    self._loaded_steps -= self._lengths.pop(key)
+                for key, episode in order:  # re-inserted oldest first: the held order is the saved one
+                    self._insert(key, episode)
+                self._hook("load_state_dict", state.get("eviction", {}))
+                for key, episode in order:
+                    self._hook("restored", key, episode)
 
     def keys(self) -> Sequence[str]:
         """Immutable snapshot of the sampleable episode keys, oldest first."""

@@ -27,7 +27,7 @@ from torch_dreamer.errors import UserError
 from torch_dreamer.runs import setup
 from torch_dreamer.runs.acting import ExploreSchedule, RandomPolicy, agent_policy, episode_metrics
 from torch_dreamer.runs.driver import Driver
-from torch_dreamer.runs.learner import Learner, NonFiniteStop, make_sampler
+from torch_dreamer.runs.learner import Learner, NonFiniteStop, episode_spec, make_replay, make_sampler
 from torch_dreamer.runs.spaces import Spaces
 from torch_dreamer.tools import cl_metrics
 from torch_dreamer.tools.logger import Logger, Progress, default_outputs
@@ -102,7 +102,7 @@ class ContinualRun:
         self.eval_envs = {name: make_envs(name, "eval", config.seed + 10_000 + 97 * i)
                           for i, name in enumerate(self.eval_tasks)}
         self.spaces = self._common_spaces()
-        self.store = EpisodeStore(self.logdir / "train_episodes", config.replay.capacity, config.replay.minlen)
+        self.store = make_replay(config, self.logdir / "train_episodes", episode_spec(self.spaces))
         self.tally = TaskTally(make_sampler(config, self.store, config.seed))
         self.learner = Learner(config, self.spaces, self.store, self.device, sampler=self.tally)
         self.logger = Logger(self.logdir, config.action_repeat,

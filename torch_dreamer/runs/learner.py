@@ -24,6 +24,7 @@ import torch
 
 from torch_dreamer.agent.agent import Agent
 from torch_dreamer.data import BatchLoader, ChunkSampler, EpisodeStore, SequentialSampler
+from torch_dreamer.data.replay_strategies import WeightedChunkSampler, make_eviction
 from torch_dreamer.errors import UserError
 from torch_dreamer.runs.checkpoint import load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torch_dreamer.runs.spaces import Spaces
@@ -47,12 +48,25 @@ def make_sampler(config, store: EpisodeStore, seed: int):
     if config.replay.ongoing:
         raise UserError("replay.ongoing True (sampling unfinished episodes) is not supported: actors keep "
                         "unfinished episodes to themselves; use --replay.ongoing False (the official default)")
+    if config.replay.sampling == "uncertainty":
+        raise UserError("replay.sampling uncertainty (--uncertainty_sampling) is not available yet; "
+                        "use uniform, reward or --replay.recent_past")
+    if mode == "random" and (config.replay.sampling == "reward" or config.replay.recent_past > 0):
+        weights = "reward" if config.replay.sampling == "reward" else None
+        return WeightedChunkSampler(store, config.dataset.length, config.replay.prioritize_ends, seed,
+                                    weights=weights, recent_past=config.replay.recent_past)
     if mode == "random":
         return ChunkSampler(store, config.dataset.length, config.replay.prioritize_ends, seed,
                             minlen=config.replay.minlen, maxlen=config.replay.maxlen)
     if mode == "sequential":
         return SequentialSampler(store, config.dataset.length, config.dataset.batch, seed)
     raise UserError(f"dataset.mode must be one of {', '.join(DATASET_MODES)}, not '{mode}'")
+
+
+def make_replay(config, directory, spec: dict | None = None) -> EpisodeStore:
+    """The run's replay: `replay.capacity` steps in RAM, `replay.eviction` choosing who leaves."""
+    eviction = make_eviction(config.replay.eviction, config.seed + 7)
+    return EpisodeStore(directory, config.replay.capacity, config.replay.minlen, eviction=eviction, spec=spec)
 
 
 def episode_spec(spaces: Spaces) -> dict:
@@ -152,6 +166,7 @@ class Learner:
             "report_rng": self.report_sampler.rng.bit_generator.state,
             "config": self.config.flat,
             "spaces": self.spaces.to_dict(),
+            "replay": self.replay.state_dict(),  # membership and eviction state (empty for FIFO)
         }
 
     def save(self, path: pathlib.Path, counters: dict) -> bool:
@@ -210,6 +225,7 @@ class Learner:
         self.apply_optimizer_settings(saved_config)
         self.updates = int(payload["counters"]["updates"])
         set_rng_state(payload["rng"])
+        self.replay.load_state_dict(payload.get("replay", {}))
         _set_sampler_rng(self.sampler, payload.get("sampler_rng"))
         _set_sampler_rest(self.sampler, payload.get("sampler_rest"))
         if payload.get("report_rng"):

@@ -20,6 +20,8 @@ CHOICES = {
     "dataset.mode": ("random", "sequential"),
     "worker_backend": ("process", "ray"),
     "action_kind": ("auto", "discrete", "continuous"),
+    "replay.eviction": ("fifo", "reservoir", "random_replacement", "coverage"),
+    "replay.sampling": ("uniform", "reward"),  # uncertainty: not available yet
 }
 NON_NEGATIVE = ("workers", "eval_workers", "train_ratio", "policy_refresh_s")
 POSITIVE = ("policy_refresh", "dataset.batch", "dataset.length")
