@@ -138,9 +138,19 @@ def resolve_config(argv: list[str]):
     return resolve(names, flags)
 
 
+def load_torch() -> None:
+    """Imports torch with Ctrl-C and SIGTERM held until it is loaded: an interrupt that lands inside torch's
+    C++ import code aborts the interpreter (pybind11 cannot pass a KeyboardInterrupt on) instead of raising."""
+    from torch_dreamer.tools.files import deferred_interrupts
+
+    with deferred_interrupts():
+        import torch  # noqa: F401
+
+
 def cmd_train(argv: list[str]) -> int:
     if wants_help(argv, "train"):
         return 0
+    load_torch()
     from torch_dreamer.envs import make_vector_env
     from torch_dreamer.runs.setup import validate_run_keys
 
@@ -175,6 +185,7 @@ def cmd_train(argv: list[str]) -> int:
 def cmd_eval(argv: list[str]) -> int:
     if wants_help(argv, "eval"):
         return 0
+    load_torch()
     import argparse
 
     from torch_dreamer.runs.evaluate import evaluate_logdir

@@ -104,3 +104,34 @@ def test_ray_backend(tmp_path, one_thread):
         ray.shutdown()
     counters = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["counters"]
     assert counters["updates"] > 0 and counters["step"] >= 250
+
+
+def test_workers_exit_when_the_learner_is_killed(tmp_path):
+    """kill -9 of the learner writes no stop file; its local workers notice their parent is gone and exit."""
+    logdir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    learner = subprocess.Popen([sys.executable, "-m", "torch_dreamer.cli", "train", "--logdir", str(logdir),
+                                "--steps", "1000000", "--workers", "1", *SHORT, *TINY], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, report = time.time() + 90, None
+        while time.time() < deadline and report is None:
+            report = actor_reports(logdir / "policy").get("train-0")
+            time.sleep(0.2)
+        assert report is not None, "the worker never reported"
+    finally:
+        learner.kill()
+        learner.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(report["pid"]):
+        time.sleep(0.2)
+    assert not _alive(report["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone for our purposes
+        return f.read().split()[2] != "Z"

@@ -83,7 +83,10 @@ def test_loggers_choose_the_outputs(tmp_path):
     assert names(default_outputs(tmp_path, config=config)) == ["TerminalOutput", "JSONLOutput", "TensorBoardOutput"]
     assert names(default_outputs(tmp_path, terminal=False, config=config)) == ["JSONLOutput", "TensorBoardOutput"]
     config = config.update({"loggers": "jsonl,mlflow,wandb"})
-    assert names(default_outputs(tmp_path, config=config)) == ["JSONLOutput", "MLflowOutput", "WandbOutput"]
+    outputs = default_outputs(tmp_path, config=config)
+    assert names(outputs) == ["JSONLOutput", "MLflowOutput", "WandbOutput"]
+    for output in outputs:
+        output.close()
     with pytest.raises(UserError, match="unknown logger 'mlfow'"):
         default_outputs(tmp_path, loggers=["terminal", "mlfow"])
     assert not list(tmp_path.iterdir())  # trackers connect lazily, on their first write

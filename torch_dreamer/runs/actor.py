@@ -27,13 +27,14 @@ THROTTLE_SLEEP_S = 0.2
 
 
 def run_actor(config: dict, replay_dir: str, policy_dir: str, name: str = "actor-0", mode: str = "train",
-              seed: int = 0, threads: int = 1) -> dict:
+              seed: int = 0, threads: int = 1, parent_pid: int | None = None) -> dict:
     """Acts until the learner writes the stop file (or SIGTERM / Ctrl-C); returns {episodes, steps}.
 
     mode "train" collects with a random policy until weights are published (the prefill), then with the
     explore schedule of the config; mode "eval" waits for weights and acts greedily (policy mode `eval`).
     Unfinished episodes are written as truncated on every exit path, so a stopped actor loses nothing;
-    a killed one loses only its unfinished episodes.
+    a killed one loses only its unfinished episodes. With `parent_pid` (local workers) the actor also stops
+    when that process is gone: a learner killed with -9 writes no stop file.
     """
     from torch_dreamer.envs import make_vector_env
 
@@ -62,7 +63,7 @@ def run_actor(config: dict, replay_dir: str, policy_dir: str, name: str = "actor
     last_check = 0.0
     throttle = Throttle(config, policy_dir)
     try:
-        while not stop_requested(policy_dir):
+        while not stop_requested(policy_dir) and not _orphaned(parent_pid):
             if time.time() - last_check >= config.policy_refresh_s or not reader.ready:
                 reader.refresh()
                 last_check = time.time()
@@ -113,6 +114,10 @@ class Throttle:
             self.seen = (int(progress["step"]), int(progress["updates"]), own_steps)
         step, updates, own_then = self.seen
         return step + own_steps - own_then > self.config.prefill + self.limit * updates
+
+
+def _orphaned(parent_pid: int | None) -> bool:
+    return parent_pid is not None and os.getppid() != parent_pid
 
 
 def _raise_interrupt(signum, frame):

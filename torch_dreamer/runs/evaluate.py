@@ -14,7 +14,7 @@ from torch_dreamer.agent.agent import Agent
 from torch_dreamer.config import Config
 from torch_dreamer.errors import UserError
 from torch_dreamer.runs import setup
-from torch_dreamer.runs.checkpoint import load_checkpoint
+from torch_dreamer.runs.checkpoint import load_run_checkpoint
 from torch_dreamer.runs.driver import Driver, run_episodes
 from torch_dreamer.runs.spaces import Spaces
 
@@ -26,7 +26,7 @@ def _checkpoint(logdir) -> dict:
     path = pathlib.Path(logdir).expanduser() / "checkpoint.pt"
     if not path.exists():
         raise UserError(f"no checkpoint at {path}; train first with `dreamer train --logdir {logdir} ...`")
-    return load_checkpoint(path)
+    return load_run_checkpoint(path)  # NaN weights and foreign torch files are one-line errors
 
 
 def load_run(logdir, device: str = "auto") -> tuple[Agent, Config, Spaces]:

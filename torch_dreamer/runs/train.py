@@ -203,15 +203,16 @@ class Trainer:
             self.step = saved
         self._saved_at = (time.monotonic(), self.updates)
 
-    def rescue(self) -> tuple[bool, list[str]]:
+    def rescue(self) -> tuple[str, list[str]]:
         """Saves what the run holds before it ends early: the unfinished train episodes (as truncated) and a
-        checkpoint of trained, finite weights. Interrupts wait until both are written. Returns whether a
-        checkpoint was written (or was current) and the one-line problems met on the way."""
-        problems, saved = [], False
+        checkpoint of trained, finite weights. Interrupts wait until both are written. Returns what was
+        saved, as words for a message, and the one-line problems met on the way."""
+        problems, flushed, saved = [], False, False
         try:
             with deferred_interrupts():
                 try:
                     self.train_driver.flush()
+                    flushed = True
                 except UserError as error:
                     problems.append(str(error))
                 try:
@@ -220,10 +221,8 @@ class Trainer:
                     problems.append(str(error))
         except KeyboardInterrupt:  # a second Ctrl-C, held until both writes were done: nothing more to do
             pass
-        return saved, problems
-
-    def saved_line(self, saved: bool) -> str:
-        return f"episodes{' and checkpoint' if saved else ''} saved in {self.logdir}"
+        what = " and ".join(name for name, done in (("episodes", flushed), ("checkpoint", saved)) if done)
+        return (f"{what} saved in {self.logdir}" if what else "nothing saved"), problems
 
     # ----- the loop -----
 
@@ -274,13 +273,12 @@ class Trainer:
             self.rescue_or_raise()  # the unfinished train episode too: a longer --steps resumes after it
         except KeyboardInterrupt:
             saved, problems = self.rescue()
-            print(f"\nInterrupted at step {self.step}; {self.saved_line(saved)}"
-                  + "".join(f"; {problem}" for problem in problems) + ".")
+            print(f"\nInterrupted at step {self.step}; {saved}" + "".join(f"; {problem}" for problem in problems) + ".")
             raise
         except (EnvError, NonFiniteStop) as error:
             saved, problems = self.rescue()
             problems = [p for p in problems if str(error) not in p]
-            raise UserError(f"{error}; {self.saved_line(saved)}" + "".join(f"; {p}" for p in problems)) from None
+            raise UserError(f"{error}; {saved}" + "".join(f"; {p}" for p in problems)) from None
         except DiskFull:
             self.rescue()  # an episode may still fit; the last good checkpoint stays in any case
             raise

@@ -8,6 +8,7 @@ learner writes the stop file, every actor saves its unfinished episodes and exit
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 import warnings
 
@@ -53,7 +54,8 @@ class ProcessPool:
             self._launch(spec)
 
     def _launch(self, spec: dict) -> None:
-        proc = self.context.Process(target=run_actor, kwargs=spec, name=spec["name"], daemon=True)
+        proc = self.context.Process(target=run_actor, kwargs={**spec, "parent_pid": os.getpid()},
+                                    name=spec["name"], daemon=True)
         proc.start()
         self.procs[spec["name"]] = proc
 
