@@ -255,10 +255,22 @@ def _wandb_log(logdir, config, values):
     assert output.errors == [] and output.mode() == "offline"
 
 
+def _wandb_log_alone(logdir, flags, values):
+    """`_wandb_log` in a fresh interpreter: wandb keeps process-wide state (its service, settings) that
+    earlier tests in this process leave behind, and a training run has its own process anyway."""
+    code = ("import json, sys, pathlib; from tests.tools.test_trackers import _wandb_log; "
+            "from torch_dreamer.config import resolve; "
+            "_wandb_log(pathlib.Path(sys.argv[1]), resolve([], json.loads(sys.argv[2])), json.loads(sys.argv[3]))")
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code, str(logdir), json.dumps(flags), json.dumps(values)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_wandb_offline_run_holds_config_and_metrics_and_resumes(wandb_env, tmp_path):
     logdir = tmp_path / "seed0"
-    config = resolve([], ["--logdir", str(logdir), "--wandb.project", "proj", "--wandb.group", "grp"])
-    _wandb_log(logdir, config, [(10, 2.0), (20, 1.5)])
+    flags = ["--logdir", str(logdir), "--wandb.project", "proj", "--wandb.group", "grp"]
+    _wandb_log_alone(logdir, flags, [(10, 2.0), (20, 1.5)])
     run_id = json.loads((logdir / "wandb_run.json").read_text())["run_id"]
     (first,) = sorted((logdir / "wandb").glob("offline-run-*/run-*.wandb"))
     records = list(read_wandb_records(first))
@@ -273,7 +285,7 @@ def test_wandb_offline_run_holds_config_and_metrics_and_resumes(wandb_env, tmp_p
     assert (first.parent / "files" / history[0]["train_openl_image/path"]).stat().st_size > 0  # the GIF is kept
     # Resume: the same run id, steps continue in a new offline segment (`wandb sync` merges them).
     time.sleep(1.1)  # wandb names offline segments by the second: one started within the same second overwrites
-    _wandb_log(logdir, config, [(30, 1.0)])
+    _wandb_log_alone(logdir, flags, [(30, 1.0)])
     files = sorted((logdir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files)
     steps = [json.loads(item.value_json) for f in files for r in read_wandb_records(f)
