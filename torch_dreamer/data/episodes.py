@@ -94,6 +94,18 @@ def list_episodes(directory: Location) -> list[Path] | list[str]:
     return sorted(episode_files(directory), key=age_key)
 
 
+def new_episode_files(directory: Location, known: set) -> list[Path] | list[str]:
+    """`episode_files` whose names are not in `known`; local folders build paths for the new names only,
+    so a refresh of a 100k-file replay costs one listing and a set lookup per name."""
+    where = resolve_location(directory)
+    if isinstance(where, Path):
+        if not where.is_dir():
+            return []
+        return [where / name for name in os.listdir(where)
+                if name not in known and name.endswith(".npz") and _is_episode_name(name)]
+    return [path for path in episode_files(where) if file_name(path) not in known]
+
+
 def episode_files(directory: Location) -> list[Path] | list[str]:
     """Episode files of ``directory`` in no particular order; `list_episodes` sorts them.
 
@@ -106,7 +118,7 @@ def episode_files(directory: Location) -> list[Path] | list[str]:
     if isinstance(where, Path):
         if not where.is_dir():
             return []
-        return [p for p in where.glob("*.npz") if _is_episode_name(p.name)]
+        return [where / name for name in os.listdir(where) if name.endswith(".npz") and _is_episode_name(name)]
     fs, root = url_to_fs(where)
     fs.invalidate_cache(root)  # s3fs/gcsfs cache listings; other writers' files must appear
     try:

@@ -30,6 +30,7 @@ from .episodes import (
     check_episode,
     check_layout,
     episode_files,
+    new_episode_files,
     episode_filename,
     eplen,
     file_name,
@@ -304,7 +305,7 @@ class EpisodeStore:
         if self.directory is None:
             return 0
         with self._write_lock:
-            fresh = [path for path in episode_files(self.directory) if file_name(path) not in self._known]
+            fresh = new_episode_files(self.directory, self._known)
             fresh.sort(key=age_key)  # sort keys (a stat per local file) for the new files only
             return self._ingest(fresh, False, on_episode) if fresh else 0
 
