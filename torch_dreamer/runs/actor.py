@@ -24,6 +24,7 @@ from torch_dreamer.tools.files import join
 
 STEPS_PER_POLL = 20   # env steps between checks for new weights, the stop file and throttling
 THROTTLE_SLEEP_S = 0.2
+DEFAULT_AHEAD = 1.25  # limit_step_ratio < 0: env steps per update allowed, relative to train_ratio's
 
 
 def run_actor(config: dict, replay_dir: str, policy_dir: str, name: str = "actor-0", mode: str = "train",
@@ -83,15 +84,16 @@ def run_actor(config: dict, replay_dir: str, policy_dir: str, name: str = "actor
 def step_limit(config) -> float:
     """Env steps an actor may collect per learner update before it pauses (PyDreamer's limit_step_ratio).
 
-    0 never pauses; a negative value (the default) allows twice the env steps per update that
-    `train_ratio` asks for, so actors stay ahead of the learner, but never unboundedly.
+    0 never pauses; a negative value (the default) allows 1.25 times the env steps per update that
+    `train_ratio` asks for: actors stay a little ahead of the learner (never waiting on it while it
+    trains), and with fast envs the achieved replay ratio stays within 20% of the target.
     """
     limit = float(config.limit_step_ratio)
     if limit >= 0:
         return limit
     from torch_dreamer.runs.loops import train_ratio
 
-    return 2.0 * config.dataset.batch * config.dataset.length / train_ratio(config)
+    return DEFAULT_AHEAD * config.dataset.batch * config.dataset.length / train_ratio(config)
 
 
 class Throttle:
