@@ -186,7 +186,7 @@ class TwoHotDist:
         return logp.sum(tuple(range(-self._dims, 0))) if self._dims else logp
 
     def sample(self, sample_shape=torch.Size()):
-        index = torch.distributions.Categorical(logits=self.logits).sample(sample_shape)
+        index = torch.distributions.Categorical(logits=self.logits, validate_args=False).sample(sample_shape)
         return self._out(self.support[index])
 
     def entropy(self) -> torch.Tensor:

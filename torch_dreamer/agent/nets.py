@@ -98,12 +98,14 @@ class DistHead(nn.Module):
             return dists.OneHotDist(logits=out)
         std = self.std(x).float().reshape(out.shape)
         if self.dist == "normal":
-            return torch.distributions.Independent(torch.distributions.Normal(out, F.softplus(std) + self.min_std), dims)
+            normal = torch.distributions.Normal(out, F.softplus(std) + self.min_std, validate_args=False)
+            return torch.distributions.Independent(normal, dims, validate_args=False)
         if self.dist == "tanh_normal":
             return dists.tanh_normal(5 * torch.tanh(out / 5), F.softplus(std + self.init_std) + self.min_std)
         if self.dist == "trunc_normal":
             std = 2 * torch.sigmoid((std + self.init_std) / 2) + self.min_std
-            return torch.distributions.Independent(dists.TruncNormalDist(torch.tanh(out), std, -1, 1), 1)
+            return torch.distributions.Independent(dists.TruncNormalDist(torch.tanh(out), std, -1, 1), 1,
+                                                   validate_args=False)
         raise ValueError(f"unknown distribution '{self.dist}'")
 
 

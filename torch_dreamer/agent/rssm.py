@@ -56,7 +56,9 @@ class RSSM(nn.Module):
     def dist(self, state: dict):
         if self.discrete:
             return dists.OneHotDist(logits=state["logit"], dims=1)
-        return torch.distributions.Independent(torch.distributions.Normal(state["mean"].float(), state["std"].float()), 1)
+        # validate_args=False: checks cost a device sync each call, and a NaN must reach the non-finite skip.
+        normal = torch.distributions.Normal(state["mean"].float(), state["std"].float(), validate_args=False)
+        return torch.distributions.Independent(normal, 1, validate_args=False)
 
     def _stats(self, x: torch.Tensor) -> dict:
         if self.discrete:

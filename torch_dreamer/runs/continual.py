@@ -106,7 +106,7 @@ class ContinualRun:
         self.tally = TaskTally(make_sampler(config, self.store, config.seed))
         self.learner = Learner(config, self.spaces, self.store, self.device, sampler=self.tally)
         self.logger = Logger(self.logdir, config.action_repeat,
-                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty(), config=config))
+                             default_outputs(self.logdir, terminal=True, config=config))  # lines print above the bar
         self.counters = {"step": 0, "task_index": 0, "task_step": 0}
         self.progress = None
         self.curves: dict[int, list] = collections.defaultdict(list)  # eval task index -> [(step, success)]

@@ -56,7 +56,7 @@ class ReplayLoop:
         self.device = setup.resolve_device(config.device)
         setup.seed_everything(config.seed, config.deterministic)
         self.logger = Logger(self.logdir, multiplier,
-                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty(), config=config))
+                             default_outputs(self.logdir, terminal=True, config=config))  # lines print above the bar
         self.learner: Learner | None = None
         self.last_returns: dict = {}
         self._saved_at = (time.monotonic(), 0)

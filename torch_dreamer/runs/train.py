@@ -100,7 +100,7 @@ class Trainer:
         self._saved_at = (time.monotonic(), 0)  # (time, updates) of the last checkpoint, for checkpoint_every
         self.explore = ExploreSchedule(config)
         self.logger = Logger(self.logdir, config.action_repeat,
-                             default_outputs(self.logdir, terminal=not config.progress or not setup.is_tty(), config=config))
+                             default_outputs(self.logdir, terminal=True, config=config))  # lines print above the bar
         self.last_returns: dict = {}
         self._log_time = (time.perf_counter(), self.step, 0)
         self._training = False  # False while prefilling: env steps then only count
@@ -122,6 +122,7 @@ class Trainer:
     def on_train_step(self, transition: dict, worker: int) -> None:
         self.step += 1
         self.agent.step = self.step
+        self.progress.update(self.step, self.updates)  # redraws at most twice a second, not only on episode ends
         if not self._training:
             return
         config = self.config
