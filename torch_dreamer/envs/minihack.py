@@ -59,6 +59,9 @@ def make_minihack(env_id: str, config, seed: int) -> gymnasium.Env:
         save_ttyrec_every=0,
         savedir=None,
         disable_env_checker=True,
+        # MiniHack's reward settings (Continual-Dreamer: win 1, lose 0, -0.001 per step); None keeps its own.
+        **{key: config[f"minihack_{key}"] for key in ("reward_win", "reward_lose", "penalty_step")
+           if f"minihack_{key}" in config and config[f"minihack_{key}"] is not None},
     )
     return MiniHackAdapter(env, config.minihack_obs)
 
