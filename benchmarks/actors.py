@@ -29,16 +29,9 @@ import torch
 
 from torch_dreamer.runs.checkpoint import load_checkpoint
 
-# Network sizes of tests/runs/conftest.py TINY: the learner's cost stays small next to the actors'.
-TINY = [
-    "--rssm.deter", "32", "--rssm.hidden", "32", "--rssm.stoch", "4", "--rssm.discrete", "4",
-    "--encoder.cnn_depth", "4", "--decoder.cnn_depth", "4",
-    "--encoder.mlp_layers", "32", "--decoder.mlp_layers", "32",
-    "--reward_head.layers", "1", "--reward_head.units", "32",
-    "--discount_head.layers", "1", "--discount_head.units", "32",
-    "--actor.layers", "1", "--actor.units", "32", "--critic.layers", "1", "--critic.units", "32",
-    "--imag_horizon", "3", "--progress", "False", "--precision", "32",
-]
+# The test suite's tiny networks (tests/runs/conftest.py): the learner's cost stays small next to the actors'.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests.runs.conftest import TINY  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -25,6 +25,7 @@ import pathlib
 import numpy as np
 import torch
 
+from torch_dreamer.agent import dists
 from torch_dreamer.errors import UserError
 
 Array = np.ndarray
@@ -181,9 +182,9 @@ class DreamModel:
                 if key in self.wm.heads["decoder"].cnn_keys:
                     value = ((value + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
                 parts.setdefault(key, []).append(value)
-            parts.setdefault("reward", []).append(_mode(self.wm.heads["reward"](feat)))
+            parts.setdefault("reward", []).append(dists.mode(self.wm.heads["reward"](feat)))
             if "discount" in self.wm.heads:
-                parts.setdefault("discount", []).append(_mean(self.wm.heads["discount"](feat)))
+                parts.setdefault("discount", []).append(dists.mean(self.wm.heads["discount"](feat)))
         return {k: torch.cat(v).reshape(tuple(lead) + v[0].shape[1:]).cpu().numpy() for k, v in parts.items()}
 
     def perturb(self, states: dict, latent_index, value) -> dict:
@@ -203,16 +204,6 @@ class DreamModel:
         else:
             stoch[..., indices] = value
         return out
-
-
-def _mode(dist):
-    value = dist.mode
-    return value() if callable(value) else value
-
-
-def _mean(dist):
-    value = dist.mean
-    return value() if callable(value) else value
 
 
 # ----------------------------------------------------------------------------- dream videos

@@ -29,13 +29,13 @@ import numpy as np
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from torch_dreamer.tools.files import DiskFull, atomic_write
+from torch_dreamer.tools.files import TEMP_PREFIX, DiskFull, atomic_write, put_bytes
 
 Episode = dict[str, np.ndarray]
 Location = str | os.PathLike  # a local path or an fsspec URL
 
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
-_TEMP_PREFIX = ".tmp-"  # hidden and not ending in .npz, so list_episodes never sees half-written files
+_TEMP_PREFIX = TEMP_PREFIX  # hidden and not ending in .npz, so list_episodes never sees half-written files
 
 
 def eplen(episode: Episode) -> int:
@@ -224,15 +224,9 @@ def save_episode(directory: Location, episode: Episode) -> Path | str:
         except DiskFull:
             raise DiskFull(path, buffer.tell()) from None
         return path
-    fs, root = url_to_fs(where)
-    target = f"{root.rstrip('/')}/{name}"
-    data = buffer.getvalue()
-    try:
-        fs.pipe_file(target, data)
-    except FileNotFoundError:  # missing directory or bucket: create it, then retry once
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(target, data)
-    return f"{where}/{name}"
+    url = f"{where}/{name}"
+    put_bytes(url, buffer.getvalue())
+    return url
 
 
 def load_episode(path: Location) -> Episode:

@@ -192,10 +192,11 @@ def put_bytes(path, data: bytes) -> None:
         import fsspec
 
         fs, target = fsspec.core.url_to_fs(str(path))
-        parent = target.rsplit("/", 1)[0]
-        if parent and not fs.exists(parent):
-            fs.makedirs(parent, exist_ok=True)
-        fs.pipe_file(target, data)
+        try:
+            fs.pipe_file(target, data)
+        except FileNotFoundError:  # missing directory or bucket: create it, then retry once
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.pipe_file(target, data)
         return
     path = local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
