@@ -203,11 +203,8 @@ def cmd_eval(argv: list[str]) -> int:
     import os
     import pathlib
 
-    from torch_dreamer.runs.checkpoint import load_run_checkpoint
-
-    checkpoint = pathlib.Path(args.logdir).expanduser() / "checkpoint.pt"
-    if checkpoint.exists():
-        load_run_checkpoint(checkpoint)  # another torch file, or NaN weights: one line, not a traceback
+    # evaluate_logdir loads the checkpoint checked (`load_run_checkpoint`): another torch file or NaN
+    # weights are one line before any env starts.
     video = pathlib.Path(args.video).expanduser() if args.video else None
     before = os.stat(video).st_mtime_ns if video is not None and video.exists() else None
     # The env the run was trained on (a Python API run's recorded env, else its task), checked against the
