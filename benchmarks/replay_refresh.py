@@ -3,7 +3,10 @@ second while actors write into it).
 
 Writes `--files` copies of one small episode under official names into a temporary folder, opens a store
 over it (capacity small, so only the newest files are read), then times: a refresh with nothing new,
-and a refresh after `--new` files arrived. Results JSON in benchmarks/results/.
+and a refresh after `--new` files arrived. Then reopens the folder: the first open had no header index
+(`data/header_index.py`), so it read every file's headers (today's cost, plus writing the index); the
+reopen reads only the headers of files the index does not vouch for (here the `--new` ones).
+Results JSON in benchmarks/results/.
 
     python benchmarks/replay_refresh.py --files 100000 --new 10
 """
@@ -23,6 +26,7 @@ import uuid
 import numpy as np
 
 from torch_dreamer.data import EpisodeStore
+from torch_dreamer.data.header_index import INDEX_NAME
 
 
 def episode_bytes(length: int = 20) -> bytes:
@@ -63,10 +67,16 @@ def main() -> None:
         t0 = time.perf_counter()
         arrived = store.refresh()
         refresh_new = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reopened = EpisodeStore(folder, capacity=1000, minlen=1)
+        reopen = time.perf_counter() - t0
+        index_bytes = (folder / INDEX_NAME).stat().st_size if (folder / INDEX_NAME).exists() else 0
     result = {
         "date": datetime.date.today().isoformat(), "device": platform.processor() or platform.machine(),
         "files": args.files, "new": args.new, "write_s": round(written, 2), "open_store_s": round(opened, 3),
         "refresh_nothing_new_s": round(refresh_idle, 4), "refresh_with_new_s": round(refresh_new, 4),
+        "reopen_store_with_index_s": round(reopen, 3), "index_bytes": index_bytes,
+        "reopened_stats_equal": reopened.stats() == store.stats(),
         "new_episodes_seen": arrived, "episodes_seen_when_idle": none_new,
         "stats": store.stats(),
     }

@@ -1,11 +1,14 @@
 """Training updates per second and policy steps per second of the DreamerV2 agent.
 
-Measures the `atari` and `dmc_vision` configs (batch 16 x 50, as the official) at precision 32 and
-bf16, on the CPU and on a GPU when one is available, with synthetic batches (so the figures are the
-agent's, not the environment's). Writes JSON to benchmarks/results/throughput-<device>-<date>.json.
+Measures the `atari`, `dmc_vision` and `gym_vector` configs (batch 16 x 50, as the official) with synthetic
+batches (so the figures are the agent's, not the environment's), for each `--compile` mode asked for. Every
+variant runs in its own worker process and the updates are interleaved (one update of each variant in turn), so
+all variants see the same machine load. With `--baseline PATH` the package in PATH (a git worktree of an older
+commit, `git worktree add PATH <commit>`) runs eagerly beside the current one. Writes JSON to
+benchmarks/results/throughput-<device>-<date>.json.
 
-    python benchmarks/throughput.py                      # everything available
-    python benchmarks/throughput.py --configs atari --precisions 32 --updates 3 --devices cpu
+    python benchmarks/throughput.py                                   # current code, eager and step, CPU
+    python benchmarks/throughput.py --baseline /work/baseline --configs gym_vector --updates 3 --threads 1
 """
 
 from __future__ import annotations
@@ -13,35 +16,33 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
+import subprocess
+import sys
 import time
 
-import numpy as np
-import torch
-
-from torch_dreamer.agent.agent import Agent
-from torch_dreamer.config import resolve
-
-SPACES = {
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SPACES = {  # observation space, action size, discrete
     "atari": ({"image": ((64, 64, 1), "uint8")}, 6, True),
     "dmc_vision": ({"image": ((64, 64, 3), "uint8")}, 6, False),
+    "gym_vector": ({"vector": ((4,), "float32")}, 2, True),
 }
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    return platform.processor() or "cpu"
+# ----------------------------------------------------------------------------- worker (one variant)
 
 
 def synthetic_batch(obs, act_dim, discrete, T, B, device):
+    import torch
+
     batch = {}
     for key, (shape, dtype) in obs.items():
-        batch[key] = torch.randint(0, 256, (T, B, *shape), dtype=torch.uint8, device=device)
+        if dtype == "uint8":
+            batch[key] = torch.randint(0, 256, (T, B, *shape), dtype=torch.uint8, device=device)
+        else:
+            batch[key] = torch.randn(T, B, *shape, device=device)
     if discrete:
         batch["action"] = torch.nn.functional.one_hot(torch.randint(0, act_dim, (T, B), device=device), act_dim).float()
     else:
@@ -54,66 +55,170 @@ def synthetic_batch(obs, act_dim, discrete, T, B, device):
     return batch
 
 
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def worker(spec: dict) -> None:
+    """Builds one agent, then answers commands on stdin ('update', 'policy N', 'quit') with JSON lines."""
+    import torch
 
+    from torch_dreamer.agent.agent import Agent
+    from torch_dreamer.config import resolve
 
-def measure(config_name: str, precision: str, device: str, updates: int, policy_steps: int, jit: bool) -> dict:
-    obs, act_dim, discrete = SPACES[config_name]
-    config = resolve([config_name], ["--precision", precision, "--jit", str(jit)])
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    obs, act_dim, discrete = SPACES[spec["config"]]
+    flags = ["--precision", spec["precision"]]
+    if spec["compile"] != "none":  # older code (a baseline) may not know the key
+        flags += ["--compile", spec["compile"]]
+    config = resolve([spec["config"]], flags)
     torch.manual_seed(0)
     agent = Agent(config, obs, act_dim, discrete).to(device)
-    T, B = config.dataset.length, config.dataset.batch
-    batch = synthetic_batch(obs, act_dim, discrete, T, B, device)
+    batch = synthetic_batch(obs, act_dim, discrete, config.dataset.length, config.dataset.batch, device)
+    step_obs = {k: v[0, : spec["envs"]] for k, v in batch.items() if k in obs}
+    step_obs["is_first"] = torch.zeros(spec["envs"], dtype=torch.bool, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    start = time.perf_counter()
     agent.train_step(batch)  # warm-up: allocations, autotuning, compilation
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(updates):
-        agent.train_step(batch)
-    sync(device)
-    update_time = (time.perf_counter() - start) / updates
-    step_obs = {k: v[0, :1] for k, v in batch.items() if k in obs}
-    step_obs["is_first"] = torch.zeros(1, dtype=torch.bool, device=device)
-    state = None
-    _, state = agent.policy(step_obs, state, "train")
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(policy_steps):
-        _, state = agent.policy(step_obs, state, "train")
-    sync(device)
-    policy_time = (time.perf_counter() - start) / policy_steps
-    return {"config": config_name, "precision": precision, "device": device, "batch": [B, T],
-            "seconds_per_update": update_time, "updates_per_second": 1 / update_time,
-            "policy_steps_per_second": 1 / policy_time}
+    _, state = agent.policy(step_obs, None, "train")
+    sync()
+    reply({"warmup_seconds": time.perf_counter() - start, "file": sys.modules["torch_dreamer"].__file__})
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "quit":
+            return
+        start = time.perf_counter()
+        if command[0] == "update":
+            agent.train_step(batch)
+        else:
+            for _ in range(int(command[1])):
+                _, state = agent.policy(step_obs, state, "train")
+        sync()
+        reply({"seconds": time.perf_counter() - start})
+
+
+def reply(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class Variant:
+    """One worker process: a code root (current or baseline) and a compile mode."""
+
+    def __init__(self, name: str, root: pathlib.Path, spec: dict):
+        self.name, self.spec = name, spec
+        env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(spec["threads"]))
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=root, env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = self._read()
+        if not self.ready["file"].startswith(str(root)):
+            raise RuntimeError(f"{name} imported {self.ready['file']}, not the package under {root}")
+        self.updates, self.policy = [], []
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} {self.spec} failed (see its stderr above)")
+        return json.loads(line)
+
+    def ask(self, command: str) -> float:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self) -> None:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def rotated(items: list, shift: int) -> list:
+    """Each round starts with another variant, so no variant always runs right after the same neighbour."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def measure(config: str, args) -> list[dict]:
+    """Interleaved rounds: one update of every variant per round, then `policy_steps` policy steps of each."""
+    base = {"config": config, "device": args.device, "threads": args.threads, "envs": args.envs}
+    plan = [("current", REPO, dict(base, precision=p, compile=c)) for p in args.precisions for c in args.compile]
+    if args.baseline:
+        plan += [("baseline", pathlib.Path(args.baseline).resolve(), dict(base, precision=p, compile="none"))
+                 for p in args.precisions]
+    variants = [Variant(name, root, spec) for name, root, spec in plan]
+    try:
+        for round_ in range(args.updates):
+            for variant in rotated(variants, round_):
+                variant.updates.append(variant.ask("update"))
+        for round_ in range(args.policy_rounds):
+            for variant in rotated(variants, round_):
+                variant.policy.append(variant.ask(f"policy {args.policy_steps}") / args.policy_steps)
+    finally:
+        for variant in variants:
+            variant.close()
+    rows = []
+    for variant in variants:
+        seconds = sorted(variant.updates)[len(variant.updates) // 2]  # the median resists a busy moment
+        row = {"code": variant.name, **variant.spec, "warmup_seconds": variant.ready["warmup_seconds"],
+               "seconds_per_update": seconds, "updates_per_second": 1 / seconds, "update_seconds": variant.updates}
+        if variant.policy:
+            row["policy_steps_per_second"] = 1 / sorted(variant.policy)[len(variant.policy) // 2]
+        rows.append(row)
+    reference = {r["precision"]: r["seconds_per_update"] for r in rows if r["code"] == "baseline"}
+    for row in rows:
+        if row["precision"] in reference:
+            row["speedup_vs_baseline"] = reference[row["precision"]] / row["seconds_per_update"]
+        print(f"{config:11s} {row['code']:8s} compile {row['compile']:5s} precision {row['precision']:4s} "
+              f"{row['seconds_per_update']:8.3f} s/update  {row['updates_per_second']:7.2f} updates/s  "
+              f"x{row.get('speedup_vs_baseline', float('nan')):.2f} vs baseline  "
+              f"{row.get('policy_steps_per_second', float('nan')):7.1f} policy steps/s  "
+              f"(warm-up {row['warmup_seconds']:.1f} s)", flush=True)
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", nargs="+", default=list(SPACES))
-    parser.add_argument("--precisions", nargs="+", default=["32", "bf16"])
-    parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    parser.add_argument("--updates", type=int, default=3)
-    parser.add_argument("--policy-steps", type=int, default=200)
-    parser.add_argument("--jit", action="store_true")
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--configs", nargs="+", default=list(SPACES), choices=list(SPACES))
+    parser.add_argument("--precisions", nargs="+", default=["32"])
+    parser.add_argument("--compile", nargs="+", default=["none", "step"], help="modes of the current code")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (1: one core each)")
+    parser.add_argument("--updates", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--policy-steps", type=int, default=50)
+    parser.add_argument("--policy-rounds", type=int, default=3)
+    parser.add_argument("--envs", type=int, default=1, help="environments per policy step")
+    parser.add_argument("--baseline", help="a checkout of older code (git worktree add PATH COMMIT) to run beside")
+    parser.add_argument("--note", default="", help="recorded in the JSON, e.g. 'machine shared with other jobs'")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
-    results = []
-    for device in args.devices:
-        for name in args.configs:
-            for precision in args.precisions:
-                updates = args.updates if device == "cpu" else max(args.updates, 20)
-                row = measure(name, precision, device, updates, args.policy_steps, args.jit)
-                row["device_name"] = device_name(device)
-                results.append(row)
-                print(f"{device_name(device):40s} {name:11s} precision {precision:4s}  "
-                      f"{row['seconds_per_update']:7.3f} s/update  {row['updates_per_second']:7.2f} updates/s  "
-                      f"{row['policy_steps_per_second']:7.1f} policy steps/s", flush=True)
+    if args.worker:
+        return worker(json.loads(args.worker))
+    import torch
+
+    results = [row for name in args.configs for row in measure(name, args)]
     date = datetime.date.today().isoformat()
-    tag = "gpu" if any(d.startswith("cuda") for d in args.devices) else "cpu"
+    tag = "gpu" if args.device.startswith("cuda") else "cpu"
     out = pathlib.Path(args.out) / f"throughput-{tag}-{date}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": date, "torch": torch.__version__, "numpy": np.__version__,
+    baseline_commit = None
+    if args.baseline:
+        baseline_commit = subprocess.run(["git", "-C", args.baseline, "rev-parse", "HEAD"], capture_output=True,
+                                         text=True).stdout.strip()
+    out.write_text(json.dumps({"date": date, "device": args.device, "device_name": device_name(args.device),
+                               "threads_per_worker": args.threads, "torch": torch.__version__,
+                               "baseline": args.baseline, "baseline_commit": baseline_commit, "note": args.note,
                                "results": results}, indent=2))
     print(f"wrote {out}")
 

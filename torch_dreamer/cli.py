@@ -43,6 +43,7 @@ Trains DreamerV2 on TASK, or resumes the run in DIR (the same command again cont
 
 {keys}
   --workers N              env worker processes; --offline_dir DIR|URL trains from fixed episodes (docs/distributed.md)
+  --gpus N | --nproc N     N data-parallel learners (torchrun; NCCL on GPUs, gloo on CPUs); dataset.batch is global
 
 All keys and their values: dreamer config [--configs NAME ...] (defaults: torch_dreamer/configs.yaml)
 
@@ -152,12 +153,19 @@ def cmd_train(argv: list[str]) -> int:
         return 0
     load_torch()
     from torch_dreamer.envs import make_vector_env
+    from torch_dreamer.runs import distributed
     from torch_dreamer.runs.setup import validate_run_keys
 
+    launched = distributed.launch(argv, resolve_config)  # --nproc N / --gpus N: torchrun starts N learners
+    if launched is not None:
+        return launched
     config = resolve_config(argv)
     validate_run_keys(config)  # the whole config, before any env starts or any file is written
     make_eval = lambda: make_vector_env(config, "eval", config.envs, config.seed + 10_000)
-    if config.offline_dir:
+    ranks = distributed.ranks_from_env()  # under torchrun: this process is one of several learners
+    if ranks is not None:
+        result = distributed.train_data_parallel(config, ranks)
+    elif config.offline_dir:
         from torch_dreamer.runs.loops import train_offline
 
         # Offline runs evaluate only on a task the user names: the default task is not their data's.
@@ -178,7 +186,8 @@ def cmd_train(argv: list[str]) -> int:
             train_envs.close()
             raise
         result = trainer.run()
-    print("Finished: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    if result is not None:  # data-parallel learners other than rank 0 report nothing
+        print("Finished: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
     return 0
 
 

@@ -86,10 +86,23 @@ def test_disag_target_sizes_for_discrete_latents(target, size):
     assert p2e.target_size == size
     data = batch()
     agent = p2e._agent
-    _, post, _, _ = agent.wm.loss(data)
-    assert p2e.targets(post, data).shape == (6, 4, size)
+    _, _, outputs = agent.wm.loss_outputs(data)
+    post = outputs["post"]
+    assert p2e.targets(post, outputs).shape == (6, 4, size)
     assert p2e.heads[0].head.out.in_features == 16 and p2e.heads[0].trunk[0].in_features == 32 + 3
-    assert torch.isfinite(p2e.model_loss(post, {}, data))
+    assert torch.isfinite(p2e.model_loss(post, outputs, data))
+
+
+def test_embed_target_is_the_world_models_embedding():
+    """As the official (context['embed']): the embedding the world-model loss computed, before its update,
+    with no second encoder pass."""
+    p2e = make_agent("--expl_behavior", "plan2explore", "--disag_target", "embed").expl_behavior
+    agent, data = p2e._agent, batch()
+    _, _, outputs = agent.wm.loss_outputs(data)
+    with torch.no_grad():
+        expected = agent.wm.encoder(agent.wm.preprocess(data))
+    assert torch.equal(p2e.targets(outputs["post"], outputs), expected)
+    assert not outputs["embed"].requires_grad
 
 
 # ----------------------------------------------------------------------------- arithmetic

@@ -10,6 +10,7 @@ from torch_dreamer.data.replay_strategies import (
     FifoEviction,
     RandomReplacementEviction,
     ReservoirEviction,
+    UncertaintyChunkSampler,
     WeightedChunkSampler,
     embed_episode,
     make_eviction,
@@ -139,3 +140,34 @@ def test_fifo_needs_no_membership_state(tmp_path):
     store = EpisodeStore(tmp_path, capacity=30, minlen=1)
     store.add(episode(0))
     assert store.state_dict() == {}
+
+
+def test_uncertainty_sampling_draws_in_proportion_to_reported_surprise():
+    store = EpisodeStore(None, minlen=1)
+    for i in range(3):
+        store.add({**episode(0), "marker": np.full(11, i, np.int32)})
+    sampler = UncertaintyChunkSampler(store, 5, seed=3, floor=0.0)
+    # Before any report every episode has the same (top) priority: uniform.
+    first = [sampler.sample() for _ in range(300)]
+    assert set(np.unique([c["marker"][0] for c in first])) == {0, 1, 2}
+    # Each chunk names its episode; report surprise 3, 1, 0 for markers 0, 1, 2.
+    surprise = {0: 3.0, 1: 1.0, 2: 0.0}
+    ids = {int(c["marker"][0]): int(c["replay_id"][0]) for c in first}
+    assert all((c["replay_id"] == c["replay_id"][0]).all() for c in first)  # one id per chunk
+    sampler.update_priorities(np.array(list(ids.values())), np.array([surprise[m] for m in ids]))
+    counts = np.bincount([sampler.sample()["marker"][0] for _ in range(6000)], minlength=3) / 6000
+    assert np.allclose(counts, [0.75, 0.25, 0.0], atol=0.02), counts
+
+
+def test_uncertainty_sampling_gives_new_episodes_the_top_priority_and_round_trips():
+    store = EpisodeStore(None, minlen=1)
+    store.add(episode(0))
+    sampler = UncertaintyChunkSampler(store, 5, seed=4)
+    chunk = sampler.sample()
+    sampler.update_priorities(chunk["replay_id"][:1], np.array([2.0]))
+    store.add(episode(1))
+    probs = sampler.probabilities(store.keys())
+    assert np.allclose(probs, [0.5, 0.5])  # the unscored newcomer gets the highest priority held
+    restored = UncertaintyChunkSampler(store, 5, seed=4)
+    restored.load_state_dict(sampler.state_dict())
+    assert np.allclose(restored.probabilities(store.keys()), probs)

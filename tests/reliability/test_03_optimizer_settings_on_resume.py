@@ -20,6 +20,7 @@ def test_03_resume_applies_the_current_optimiser_settings(tmp_path, capsys):
         assert text in lines[0]
     opts = trainer.agent.optimizers()
     assert all(group["lr"] == pytest.approx(3e-5) for group in opts["model"].opt.param_groups)
+    assert opts["model"].lr == pytest.approx(3e-5)  # the rate the update step uses
     assert opts["actor"].eps == 1e-6 and opts["critic"].clip == 10 and opts["model"].wd == 0.0
     saved = load_checkpoint(tmp_path / "checkpoint.pt")["optimizers"]["model"]["opt"]["param_groups"][0]["lr"]
     assert saved == pytest.approx(3e-5)

@@ -171,3 +171,22 @@ def test_a_resumed_sequence_continues_where_it_stopped(tmp_path, one_thread, mon
                                                                          uncut["step"])
     rows = read_metrics(path.parent)
     assert max(r["step"] for r in rows if "eval_success_1" in r) == final["step"]
+
+
+def test_uncertainty_sampling_eval_skills_and_wandb_dir_run(tmp_path, one_thread):
+    """--uncertainty_sampling trains on surprise-weighted chunks (priorities reach the checkpoint),
+    --eval_skills evaluates MultiSkill too, --wandb_dir names wandb's folder and turns wandb on."""
+    from torch_dreamer.runs.continual_cli import build
+
+    flags = ["--cl", "--num_tasks=2", "--uncertainty_sampling", "--eval_skills", "--steps=40", "--tag=u",
+             f"--logdir={tmp_path}", f"--wandb_dir={tmp_path / 'wb'}", "--minlen=5"]
+    config, evals = build("minigrid", flags + SHORT)
+    assert config.replay.sampling == "uncertainty" and "wandb" in config.loggers
+    assert config.wandb.dir == str(tmp_path / "wb") and evals[-1].endswith("MultiSkill-N2-v0")
+    assert main(["continual", "minigrid", *flags, *SHORT]) == 0
+    logdir = next(p.parent for p in tmp_path.rglob("metrics.jsonl"))
+    logged = set().union(*(row.keys() for row in read_metrics(logdir)))
+    assert {"eval_return_0", "eval_return_1", "eval_return_2"} <= logged  # task 2 = MultiSkill (eval only)
+    priority = load_checkpoint(logdir / "checkpoint.pt")["sampler_state"]["priority"]
+    assert priority and all(np.isfinite(v) and v >= 0 for v in priority.values())
+    assert (tmp_path / "wb").is_dir()

@@ -59,13 +59,13 @@ def test_nonfinite_losses_stop_the_run_after_a_checkpoint(tmp_path, monkeypatch)
     config = dv2.defaults.update({"logdir": str(tmp_path / "run")}).parse_flags(TINY + SHORT + vector_only)
     # A NaN from the env is stopped at the env boundary now (tests/reliability/test_02_*); a loss that goes
     # non-finite inside the model (fp16 overflow, a too high learning rate) is what this stop is for.
-    real_loss = WorldModel.loss
+    real_loss = WorldModel.loss_outputs  # what the agent's update calls
 
     def poisoned(self, data, state=None):
         loss, *rest = real_loss(self, data, state)
         return (loss * float("nan"), *rest)
 
-    monkeypatch.setattr(WorldModel, "loss", poisoned)
+    monkeypatch.setattr(WorldModel, "loss_outputs", poisoned)
     with pytest.raises(UserError, match="non-finite"):
         dv2.train(gym.make("CartPole-v1"), config)
     assert (tmp_path / "run" / "checkpoint.pt").exists()

@@ -24,9 +24,9 @@ def test_sequential_mode_carries_the_state_across_batches(tmp_path, one_thread):
     batches = []
     original = trainer.agent.train_step
 
-    def spy(data, state=None):
+    def spy(data, state=None, **kwargs):
         batches.append((data["is_first"][0].clone(), state))
-        return original(data, state)
+        return original(data, state, **kwargs)
 
     trainer.agent.train_step = spy
     result = trainer.run()

@@ -40,3 +40,22 @@ def test_bootstrap_interval_contains_the_mean():
     result = cl.bootstrap([0.6, 0.7, 0.8, 0.9], reps=500, seed=1)
     assert result["mean"] == pytest.approx(0.75) and result["seeds"] == 4
     assert 0.6 <= result["low"] <= result["mean"] <= result["high"] <= 0.9
+
+
+def test_reference_curves_average_runs_and_feed_forward_transfer(tmp_path):
+    import json
+
+    from torch_dreamer.tools import cl_metrics
+
+    for seed, values in ((0, [0.0, 0.5, 1.0]), (1, [0.0, 0.3, 0.6])):
+        folder = tmp_path / f"ref{seed}" / "task_0"
+        folder.mkdir(parents=True)
+        rows = [{"step": 100 * (k + 1), "eval_success_0": v} for k, v in enumerate(values)]
+        (folder / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n{partial")
+    steps, values = cl_metrics.reference_curve([tmp_path / "ref0", tmp_path / "ref1"], 0)
+    assert list(steps) == [100, 200, 300] and np.allclose(values, [0.0, 0.4, 0.8])
+    # A continual curve that is 1 from the start of its window has AUC 1: FT = (1 - ref) / (1 - ref) = 1.
+    ours = (np.array([0, 100, 200, 300]), np.array([1.0, 1.0, 1.0, 1.0]))
+    assert cl_metrics.forward_transfer([ours], [0, 300], [(steps, values)]) == pytest.approx(1.0)
+    with pytest.raises(FileNotFoundError):
+        cl_metrics.reference_curve([tmp_path / "missing"], 0)

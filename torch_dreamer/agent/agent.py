@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
+from torch_dreamer.agent import compile as compile_lib
 from torch_dreamer.agent import dists
 from torch_dreamer.agent.behavior import ActorCritic
 from torch_dreamer.agent.optim import Optimizer
@@ -32,7 +32,7 @@ class Agent(nn.Module):
         self.task_behavior = ActorCritic(config, self.wm.rssm.feat_size, act_dim, discrete)
         self.expl_behavior = self._make_expl_behavior()
         self.step = 0  # environment steps, for schedules; set by the run loop
-        self._compiled = self._compile_hot_paths() if config.jit else []
+        self._compiled = None  # what `--compile` compiled, decided at the first call (when the device is known)
 
     def _make_expl_behavior(self):
         from torch_dreamer.agent import expl  # exploration lives in its own module
@@ -44,29 +44,18 @@ class Agent(nn.Module):
             return None
         return expl.make(name, self)
 
-    def _compile_hot_paths(self) -> list:
-        """torch.compile the modules called every scan step; compiled in place, so checkpoints keep their keys."""
-        rssm = self.wm.rssm
-        hot = [self.wm.encoder, self.wm.heads["decoder"], rssm.img_in, rssm.gru, rssm.obs_post, *rssm.img_out,
-               self.task_behavior.actor, self.task_behavior.critic]
-        for module in hot:
-            module.compile()
-        return hot
+    def _compile(self) -> list:
+        """Compiles what `--compile` (or `--jit True`) asks for on this device; [] when running eagerly."""
+        if compile_lib.resolve(self.config, self.device.type, conv=bool(self.wm.encoder.cnn_keys)) == "none":
+            return []
+        return compile_lib.compile_steps([(self.wm.rssm, "obs_cell"), (self.wm, "imagine_step")])
 
     def _run(self, fn, *args):
-        """Calls fn; if torch.compile fails on this platform, warns once and falls back to eager mode."""
-        if not self._compiled:
-            return fn(*args)
-        try:
-            return fn(*args)
-        except Exception as error:  # compiler errors vary by platform and backend
-            if "torch._dynamo" not in type(error).__module__ and "inductor" not in str(type(error)):
-                raise
-            warnings.warn(f"torch.compile failed ({type(error).__name__}); running eagerly (--jit False)")
-            for module in self._compiled:
-                module._compiled_call_impl = None
-            self._compiled = []
-            return fn(*args)
+        """Calls fn, compiling first what `--compile` asks for; a compiled function that fails to compile runs
+        eagerly from then on (`compile.compile_steps`)."""
+        if self._compiled is None:
+            self._compiled = self._compile()
+        return fn(*args)
 
     @property
     def device(self):
@@ -94,7 +83,8 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def _policy(self, obs: dict, state, mode: str):
-        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
+        # Only what the encoder reads reaches the device (Crafter alone carries 23 `log_*` keys).
+        obs = {k: torch.as_tensor(obs[k], device=self.device) for k in self._policy_keys()}
         batch = obs["is_first"].shape[0]
         if state is None:
             state = (self.wm.rssm.initial(batch, self.device), torch.zeros(batch, self.act_dim, device=self.device))
@@ -102,7 +92,8 @@ class Agent(nn.Module):
         with self.autocast():
             embed = self.wm.encoder(self.wm.preprocess(obs))
             sample = mode == "train" or not self.config.eval_state_mean
-            latent, _ = self.wm.rssm.obs_step(latent, action, embed, obs["is_first"], sample)
+            keep = 1.0 - obs["is_first"].float()  # the posterior alone: the policy needs no prior sample
+            latent = self.wm.rssm.obs_cell(latent, action, self.wm.rssm.obs_embed(embed), keep, sample)
             feat = self.wm.rssm.feat(latent)
             if mode == "eval":
                 actor = self._eval_actor()
@@ -119,6 +110,10 @@ class Agent(nn.Module):
             action = torch.nn.functional.one_hot(action.argmax(-1), self.act_dim).float()
         return action, (latent, action)
 
+    def _policy_keys(self) -> list:
+        encoder = self.wm.encoder
+        return [*encoder.cnn_keys, *encoder.mlp_keys, "is_first"]
+
     def _eval_actor(self):
         if self.config.eval_policy == "explore" and self.expl_behavior is not None:
             return self.expl_behavior.actor
@@ -134,27 +129,31 @@ class Agent(nn.Module):
 
     # ----- learning -----
 
-    def train_step(self, data: dict, state: dict | None = None) -> tuple[dict, dict]:
+    def train_step(self, data: dict, state: dict | None = None, sequence_scores: bool = False) -> tuple[dict, dict]:
         """One world-model update, then one actor-critic update (the official ``Agent.train(data, state)``).
 
         data: {key: (T, B, ...)} on the device. state: None to start every sequence from the initial
         latent (as with ``ChunkSampler``), or the state this method returned for the previous batch of
         the same slots (``SequentialSampler``, truncated BPTT); rows with ``is_first`` True reset it.
-        Returns (state, metrics): state is the last posterior {key: (B, ...)}, detached; metrics are scalars.
+        Returns (state, metrics): state is the last posterior {key: (B, ...)}, detached; metrics are scalars,
+        except with `sequence_scores`: then `metrics["sequence_kl"]` (B,) is each sequence's mean KL between
+        posterior and prior (the model's surprise), which uncertainty sampling uses as replay priority.
         """
-        return self._run(self._train_step, data, state)
+        return self._run(self._train_step, data, state, sequence_scores)
 
-    def _train_step(self, data: dict, state: dict | None) -> tuple[dict, dict]:
+    def _train_step(self, data: dict, state: dict | None, sequence_scores: bool = False) -> tuple[dict, dict]:
         self.task_behavior.step = self.step
         with self.autocast():
-            model_loss, post, metrics, kl_value = self.wm.loss(data, state)
+            model_loss, metrics, outputs = self.wm.loss_outputs(data, state)
+        post = outputs["post"]
         metrics.update(self.model_opt(model_loss))
         metrics.update(self.wm.train_probes(post, data, self.autocast))  # stop-gradient probes, own optimizer
         reward_fn = lambda seq: dists.mode(self.wm.heads["reward"](seq["feat"]))
         metrics.update(self.task_behavior.train_step(self.wm, post, data["is_terminal"], reward_fn, self.autocast))
         if self.expl_behavior is not None:
-            outputs = {"post": post, "kl": kl_value}
             metrics.update(self.expl_behavior.train_step(post, outputs, data))
+        if sequence_scores:
+            metrics["sequence_kl"] = outputs["kl"].detach().float().mean(0)  # (B,)
         last = {key: value[-1].detach().clone() for key, value in post.items()}  # not a view of (T, B, ...)
         return last, metrics
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from torch_dreamer.agent import dists
+from torch_dreamer.agent.grad_sync import mean_over_ranks
 from torch_dreamer.agent.nets import MLP
 from torch_dreamer.agent.optim import Optimizer
 from torch_dreamer.errors import UserError
@@ -65,7 +66,9 @@ class StreamNorm(nn.Module):
     def forward(self, inputs: torch.Tensor):
         metrics = {"mean": inputs.mean(), "std": inputs.std()}
         batch = inputs.detach().reshape((-1,) + self.mag.shape)
-        self.mag.copy_(self.momentum * self.mag + (1 - self.momentum) * batch.abs().mean(0))
+        # Data-parallel learners average the batch magnitude over ranks: every rank keeps the same `mag`,
+        # the one the global batch gives in one process (equal shares, so the mean of means).
+        self.mag.copy_(self.momentum * self.mag + (1 - self.momentum) * mean_over_ranks(batch.abs().mean(0)))
         outputs = inputs / (self.mag + self.eps) * self.scale
         metrics["normed_mean"], metrics["normed_std"] = outputs.mean(), outputs.std()
         return outputs, {k: v.detach() for k, v in metrics.items()}
@@ -133,8 +136,9 @@ class ActorCritic(nn.Module):
                 reward, metrics = self.rewnorm(reward_fn(seq))
                 metrics = {f"reward_{k}": v for k, v in metrics.items()}
                 seq["reward"] = reward
-                target, target_metrics = self.target(seq)
-            actor_loss, actor_metrics = self.actor_loss(seq, target)
+                value = self.slow_value(seq)
+                target, target_metrics = self.target(seq, value)
+            actor_loss, actor_metrics = self.actor_loss(seq, target, value)
             critic_loss, critic_metrics = self.critic_loss(seq, target)
         metrics.update(target_metrics, **actor_metrics, **critic_metrics)
         metrics.update(self.actor_opt(actor_loss))
@@ -142,15 +146,24 @@ class ActorCritic(nn.Module):
         self.update_slow_target()
         return metrics
 
-    def target(self, seq: dict):
-        """lambda-returns over the imagined sequence: (H, N) from (H + 1, N) rewards/values/discounts."""
+    def slow_value(self, seq: dict) -> torch.Tensor:
+        """The slow critic's values (H + 1, N) of the imagined features."""
+        return dists.mode(self.slow_critic(seq["feat"])).float()
+
+    def target(self, seq: dict, value: torch.Tensor | None = None):
+        """lambda-returns over the imagined sequence: (H, N) from (H + 1, N) rewards/values/discounts.
+
+        value: `slow_value(seq)` when the caller has it already."""
         reward, disc = seq["reward"].float(), seq["discount"].float()
-        value = dists.mode(self.slow_critic(seq["feat"])).float()
+        value = self.slow_value(seq) if value is None else value
         target = lambda_return(reward[:-1], value[:-1], disc[:-1], value[-1], self.config.discount_lambda)
         return target, {"critic_slow": value.mean().detach(), "critic_target": target.mean().detach()}
 
-    def actor_loss(self, seq: dict, target: torch.Tensor):
-        """The policy acts on feat[:-2]; its actions are action[1:-1]; its returns target[1:]."""
+    def actor_loss(self, seq: dict, target: torch.Tensor, slow_value: torch.Tensor | None = None):
+        """The policy acts on feat[:-2]; its actions are action[1:-1]; its returns target[1:].
+
+        slow_value: `slow_value(seq)`, reused as the reinforce baseline when that is the slow critic (one
+        forward of the same network on the same features instead of two)."""
         metrics = {}
         policy = self.actor(seq["feat"][:-2].detach())
         if self.actor_grad == "dynamics":
@@ -158,7 +171,10 @@ class ActorCritic(nn.Module):
         elif self.actor_grad in ("reinforce", "both"):
             # slow_baseline (unused by the official, which always takes the slow critic): False uses the online critic.
             critic = self.slow_critic if self.config.slow_baseline else self.critic
-            baseline = dists.mode(critic(seq["feat"][:-2])).float()
+            if critic is self.slow_critic and slow_value is not None:
+                baseline = slow_value[:-2]
+            else:
+                baseline = dists.mode(critic(seq["feat"][:-2])).float()
             advantage = (target[1:] - baseline).detach()
             action = seq["action"][1:-1]
             action = action.detach() if self.actor_grad == "reinforce" else action

@@ -35,13 +35,18 @@ class OneHotDist:
     def _sum(self, value):
         return value.sum(tuple(range(-self._dims, 0))) if self._dims else value
 
+    def detach(self) -> "OneHotDist":
+        """The same distribution cut from the graph, without normalising the logits again."""
+        out = OneHotDist.__new__(OneHotDist)
+        out.logits, out.probs, out._dims = self.logits.detach(), self.probs.detach(), self._dims
+        return out
+
     def sample(self, sample_shape=torch.Size()):
         # Gumbel-max draws the same distribution as multinomial sampling but stays on-device
         # without a host sync and vectorises over any leading shape.
         logits = self.logits.expand(tuple(sample_shape) + self.logits.shape)
         gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-20, 1.0 - 1e-7)))
-        index = (logits + gumbel).argmax(-1)
-        onehot = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+        onehot = _onehot((logits + gumbel).argmax(-1), logits)
         probs = self.probs.expand_as(onehot)
         return onehot + probs - probs.detach()
 
@@ -49,7 +54,7 @@ class OneHotDist:
 
     @property
     def mode(self):
-        onehot = F.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).to(self.logits.dtype)
+        onehot = _onehot(self.logits.argmax(-1), self.logits)
         return onehot + self.probs - self.probs.detach()
 
     @property
@@ -63,6 +68,11 @@ class OneHotDist:
 
     def entropy(self):
         return self._sum(-(self.probs * self.logits).sum(-1))
+
+
+def _onehot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One-hot rows of `index` in the shape and dtype of `like`, written directly (F.one_hot makes int64 to cast)."""
+    return torch.zeros_like(like, memory_format=torch.contiguous_format).scatter_(-1, index.unsqueeze(-1), 1.0)
 
 
 def kl_onehot(lhs: OneHotDist, rhs: OneHotDist) -> torch.Tensor:
@@ -219,6 +229,15 @@ class BinaryDist:
 
     def sample(self, sample_shape=torch.Size()):
         return torch.bernoulli(self.mean.expand(torch.Size(sample_shape) + self.logits.shape))
+
+
+def detach(dist):
+    """A stop-gradient copy of a latent distribution: a OneHotDist, or an Independent Normal (the RSSM's)."""
+    if isinstance(dist, OneHotDist):
+        return dist.detach()
+    base = dist.base_dist
+    normal = td.Normal(base.loc.detach(), base.scale.detach(), **_NO_CHECKS)
+    return td.Independent(normal, dist.reinterpreted_batch_ndims, **_NO_CHECKS)
 
 
 def mode(dist):

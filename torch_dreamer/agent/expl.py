@@ -201,8 +201,8 @@ class Plan2Explore(_Curiosity):
             return torch.cat([feat, action.to(feat.dtype)], -1)
         return feat
 
-    def targets(self, post: dict, data: dict) -> torch.Tensor:
-        """(T, B, target_size) targets of the ensemble from the posterior (or the embedding)."""
+    def targets(self, post: dict, outputs: dict) -> torch.Tensor:
+        """(T, B, target_size) targets of the ensemble from the posterior (or the world model's embedding)."""
         wm, target = self._agent.wm, self.config.disag_target
         if target == "stoch":
             return post["stoch"].flatten(-2) if wm.rssm.discrete else post["stoch"]
@@ -210,12 +210,11 @@ class Plan2Explore(_Curiosity):
             return post["deter"]
         if target == "feat":
             return wm.rssm.feat(post)
-        with torch.no_grad():
-            return wm.encoder(wm.preprocess(data))
+        return outputs["embed"]  # the world model's own embedding of this batch, not a second encoder pass
 
     def model_loss(self, post: dict, outputs: dict, data: dict) -> torch.Tensor:
         inputs = self._inputs(self._agent.wm.rssm.feat(post), data["action"]).detach()
-        targets = self.targets(post, data).detach()
+        targets = self.targets(post, outputs).detach()
         offset = int(self.config.disag_offset)
         if offset:
             inputs, targets = inputs[:-offset], targets[offset:]

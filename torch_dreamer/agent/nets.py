@@ -139,8 +139,9 @@ class GRUCell(nn.Module):
         glorot_(self)
 
     def forward(self, x, h):
-        parts = self.linear(torch.cat([x, h], -1))
-        parts = self.norm(parts.float()).to(parts.dtype)
+        parts = self.linear(torch.cat([x, h.to(x.dtype)], -1))
+        parts = self.norm(parts.float()).to(parts.dtype)  # LayerNorm in float32, as the official
+        h = h.to(parts.dtype)  # the new state in the compute dtype (bf16 under autocast), as the official's
         reset, cand, update = parts.chunk(3, -1)
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)

@@ -117,27 +117,38 @@ class RSSM(nn.Module):
         """Posteriors and priors for a sequence.
 
         embed (T, B, E), action (T, B, A) is the action that led to each step, is_first (T, B).
-        Returns post, prior: dicts of (T, B, ...).
+        Returns post, prior: dicts of (T, B, ...); the prior holds deter and its statistics, no `stoch` sample.
         """
         T, B = embed.shape[:2]
         state = state if state is not None else self.initial(B, embed.device)
         embed_part = self.obs_embed(embed)  # all T at once
         keep = 1.0 - is_first.to(embed_part.dtype)
-        posts, deters = [], []
+        action = action.to(embed_part.dtype)  # the compute dtype (bf16 under autocast), cast once for all T
+        posts = []
         for t in range(T):
-            k = keep[t]
-            prev = {key: value * k.view(-1, *[1] * (value.dim() - 1)) for key, value in state.items()}
-            stoch = prev["stoch"].flatten(-2) if self.discrete else prev["stoch"]
-            x = self.img_in(torch.cat([stoch.to(action.dtype), action[t] * k[:, None].to(action.dtype)], -1))
-            deter = self.gru(x, prev["deter"])
-            state = self._posterior(deter, embed_part[t], sample)
+            state = self.obs_cell(state, action[t], embed_part[t], keep[t], sample)
             posts.append(state)
-            deters.append(deter)
         post = {key: torch.stack([p[key] for p in posts]) for key in posts[0]}
-        # The prior does not feed the recurrence during observation, so all T run in one batch.
-        prior_stats = self._prior_stats(post["deter"], steps=T)
-        prior = {"deter": post["deter"], "stoch": self._sample(prior_stats, sample), **prior_stats}
+        # The prior does not feed the recurrence during observation, so all T run in one batch. The losses read
+        # only its statistics, so it holds no sample (one over all T would draw random numbers nobody uses).
+        prior = {"deter": post["deter"], **self._prior_stats(post["deter"], steps=T)}
         return post, prior
+
+    def obs_cell(self, state: dict, action: torch.Tensor, embed_part: torch.Tensor, keep: torch.Tensor,
+                 sample: bool = True) -> dict:
+        """One observe step: the posterior at t from the state at t - 1, the action that led to t and
+        obs_embed(embed_t); `keep` (B,) is 0 where the step starts an episode, which zeroes the state and action.
+
+        Only `stoch` and `deter` feed the recurrence, so the statistics of the previous state are never masked.
+        The inputs of the recurrence take the dtype of `embed_part` (the autocast compute dtype), so under bf16 the
+        state stays bf16 through the scan instead of switching dtype twice a step; the statistics stay float32.
+        """
+        action = action.to(embed_part.dtype)
+        k = keep[:, None].to(action.dtype)
+        stoch = state["stoch"].flatten(-2) if self.discrete else state["stoch"]
+        x = self.img_in(torch.cat([stoch.to(action.dtype) * k, action * k], -1))
+        deter = self.gru(x, state["deter"] * k.to(state["deter"].dtype))
+        return self._posterior(deter, embed_part, sample)
 
     def imagine(self, action: torch.Tensor, state: dict) -> dict:
         """Open-loop prior states for a given action sequence (T, B, A) from `state`."""
@@ -154,16 +165,20 @@ class RSSM(nn.Module):
 
         lhs, rhs = (post, prior), mix = 1 - balance unless `forward`. Returns (loss, per-step KL value).
         """
-        sg = lambda state: {k: v.detach() for k, v in state.items()}
+        return self.kl_balance(self.dist(post), self.dist(prior), forward, balance, free, free_avg)
+
+    def kl_balance(self, post_dist, prior_dist, forward=False, balance=0.8, free=0.0, free_avg=True):
+        """`kl_loss` on the distributions themselves, so a caller that also wants their entropies normalises
+        the logits once per distribution (the stop-gradient copies share the forward pass)."""
         kld = dists.kl_onehot if self.discrete else torch.distributions.kl_divergence
-        lhs, rhs = (prior, post) if forward else (post, prior)
+        lhs, rhs = (prior_dist, post_dist) if forward else (post_dist, prior_dist)
         mix = balance if forward else (1 - balance)
         if balance == 0.5:
-            value = kld(self.dist(lhs), self.dist(rhs))
+            value = kld(lhs, rhs)
             # The official plain-KL branch always clips per element, whatever free_avg says.
             return _free(value, free, free_avg=False), value
-        value_lhs = value = kld(self.dist(lhs), self.dist(sg(rhs)))
-        value_rhs = kld(self.dist(sg(lhs)), self.dist(rhs))
+        value_lhs = value = kld(lhs, dists.detach(rhs))
+        value_rhs = kld(dists.detach(lhs), rhs)
         loss = mix * _free(value_lhs, free, free_avg) + (1 - mix) * _free(value_rhs, free, free_avg)
         return loss, value
 

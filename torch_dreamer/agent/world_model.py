@@ -34,11 +34,14 @@ class WorldModel(nn.Module):
         self.config = config
         shapes = {k: tuple(v) for k, v in obs_shapes.items() if k not in STEP_KEYS and not k.startswith("log_")}
         # Probe targets (`probe_*` keys) never reach the encoder, nor the decoder.
+        self.act_dim = act_dim
         self.encoder = Encoder(heads_lib.model_shapes(shapes), **config.encoder)
         self.rssm = RSSM(self.encoder.embed_size, act_dim, **config.rssm)
         feat = self.rssm.feat_size
         names = heads_lib.head_names(config)
         self.heads = nn.ModuleDict({name: heads_lib.make_head(name, config, shapes, feat) for name in names})
+        if str(config.precision) == "bf16":
+            self._channels_last()
         for name in config.grad_heads:
             if name not in self.heads:
                 raise ValueError(f"grad_heads names '{name}', which is not a head ({', '.join(self.heads)})")
@@ -60,6 +63,15 @@ class WorldModel(nn.Module):
         params = [p for name in self.detached for p in self.heads[name].parameters()]
         settings = heads_lib.option(config, "probe_opt", config.model_opt)
         self.probe_opt = Optimizer("probe", params, **settings, precision=config.precision) if params else None
+
+    def _channels_last(self) -> None:
+        """Conv weights in NHWC memory, where bf16 convolutions are fastest (oneDNN, cuDNN); the images arrive
+        NHWC already. The decoder's first transposed conv runs as a matmul over its flattened weight, so it stays."""
+        convs = [self.encoder.cnn] if self.encoder.cnn_keys else []
+        decoder = self.heads["decoder"]
+        convs += [decoder.cnn[1:]] if getattr(decoder, "cnn_keys", None) else []
+        for module in convs:
+            module.to(memory_format=torch.channels_last)
 
     def model_parameters(self) -> list:
         """What the world-model optimizer trains: every parameter but those of stop-gradient probes."""
@@ -105,7 +117,7 @@ class WorldModel(nn.Module):
             state = None if state is None else {k: v.repeat_interleave(samples, 0) for k, v in state.items()}
         embed = self.encoder(data)                                              # (T, B, E)
         post, prior = self.rssm.observe(embed, data["action"], data["is_first"], state)
-        return data, post, prior
+        return data, post, prior, embed
 
     def loss(self, data: dict, state: dict | None = None):
         """The world-model loss for a batch of (T, B, ...) sequences.
@@ -115,9 +127,16 @@ class WorldModel(nn.Module):
         K = 1 is the official loss. Returns (loss, post, metrics, kl_value); `post` holds (T, B, ...) posterior
         states (the first sample's when K > 1), `kl_value` (T, B) the analytic KL.
         """
+        model_loss, metrics, outputs = self.loss_outputs(data, state)
+        return model_loss, outputs["post"], metrics, outputs["kl"]
+
+    def loss_outputs(self, data: dict, state: dict | None = None):
+        """`loss` as (loss, metrics, outputs), outputs = {post, kl, embed} as the official passes to exploration:
+        the (T, B, ...) posterior, the analytic KL (T, B) and the encoder's (T, B, E) embedding (detached)."""
         config, samples = self.config, self.iwae_samples
-        data, post, prior = self._observe(data, state, samples)
-        kl_loss, kl_value = self.rssm.kl_loss(post, prior, **config.kl)         # kl_value (T, B)
+        data, post, prior, embed = self._observe(data, state, samples)
+        post_dist, prior_dist = self.rssm.dist(post), self.rssm.dist(prior)     # one normalisation each
+        kl_loss, kl_value = self.rssm.kl_balance(post_dist, prior_dist, **config.kl)  # kl_value (T, B)
         feat = self.rssm.feat(post)                                             # (T, B, F)
         names = [name for name in self.heads if name not in self.detached]
         nll, metrics = self._head_nll(feat, data, names)
@@ -133,14 +152,15 @@ class WorldModel(nn.Module):
             losses = {"kl": kl_sample.mean(), **{key: value.mean() for key, value in nll.items()}}
             metrics["iwae_gap"] = (per_step.mean() - model_loss).detach()  # >= 0: how much tighter than the ELBO
             first = lambda state: {k: v.unflatten(1, (-1, samples))[:, :, 0] for k, v in state.items()}
-            post, prior = first(post), first(prior)
+            post, prior, embed = first(post), first(prior), embed.unflatten(1, (-1, samples))[:, :, 0]
             kl_value = kl_value.unflatten(1, (-1, samples))[:, :, 0]
+            post_dist, prior_dist = self.rssm.dist(post), self.rssm.dist(prior)
         metrics.update({f"{name}_loss": value.detach() for name, value in losses.items()})
         metrics["model_kl"] = kl_value.mean().detach()
         with torch.no_grad():
-            metrics["prior_ent"] = self.rssm.dist(prior).entropy().mean()
-            metrics["post_ent"] = self.rssm.dist(post).entropy().mean()
-        return model_loss, post, metrics, kl_value
+            metrics["prior_ent"] = prior_dist.entropy().mean()
+            metrics["post_ent"] = post_dist.entropy().mean()
+        return model_loss, metrics, {"post": post, "kl": kl_value, "embed": embed.detach()}
 
     @torch.no_grad()
     def log_likelihood_bound(self, data: dict, samples: int = 1, state: dict | None = None, per_sample: bool = False):
@@ -149,7 +169,7 @@ class WorldModel(nn.Module):
 
         Returns (T, B); with `per_sample` also the K single-sample ELBOs (T, B, K) that the bound averages.
         """
-        data, post, prior = self._observe(data, state, samples)
+        data, post, prior, _ = self._observe(data, state, samples)
         feat = self.rssm.feat(post)
         names = [name for name, head in self.heads.items() if not heads_lib.is_probe(head)]
         nll, _ = self._head_nll(feat, data, names)
@@ -199,13 +219,12 @@ class WorldModel(nn.Module):
         """
         start = {k: v.detach().reshape((-1,) + v.shape[2:]) for k, v in start.items()}
         feat = self.rssm.feat(start)
-        first_action = dists.mode(policy(feat.detach()))
-        states, feats, actions = [start], [feat], [torch.zeros_like(first_action)]
+        # The start state's action slot is a placeholder no loss reads (actor_loss takes action[1:-1]).
+        states, feats, actions = [start], [feat], [torch.zeros(feat.shape[0], self.act_dim, device=feat.device)]
         for _ in range(horizon):
-            action = policy(feats[-1].detach()).rsample()
-            state = self.rssm.img_step(states[-1], action.to(feats[-1].dtype))
+            state, feat, action = self.imagine_step(policy, states[-1], feats[-1])
             states.append(state)
-            feats.append(self.rssm.feat(state))
+            feats.append(feat)
             actions.append(action)
         seq = {key: torch.stack([s[key] for s in states]) for key in states[0]}
         seq["feat"], seq["action"] = torch.stack(feats), torch.stack(actions)
@@ -220,6 +239,14 @@ class WorldModel(nn.Module):
         seq["discount"] = disc
         seq["weight"] = torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[:-1]], 0), 0)
         return seq
+
+    def imagine_step(self, policy, state: dict, feat: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """One imagined step: the policy's action on `feat` (of `state`), the prior's next state and its features.
+
+        The actor's gradient reaches the action, not the features it acted on (they are detached)."""
+        action = policy(feat.detach()).rsample()
+        state = self.rssm.img_step(state, action.to(feat.dtype))
+        return state, self.rssm.feat(state), action
 
     @torch.no_grad()
     def video_pred(self, data: dict, key: str, observed: int = 5, sequences: int = 6) -> np.ndarray:

@@ -20,6 +20,11 @@ Samplers (over the episodes held, `dataset.length` chunks as the official, all i
   `reward_weights` is exp(R - max R) over undiscounted returns (Continual-Dreamer's reward sampling);
 - `recent_past`: with probability p the episode index is floor(triangular(0, N, N)) over insertion order
   (a ramp toward the newest), otherwise uniform: Continual-Dreamer's 50:50 at p = 0.5.
+- `UncertaintyChunkSampler`: episodes drawn with probability proportional to the world model's surprise
+  on them, the mean KL(posterior || prior) of the last chunk trained from each (reported back by the
+  learner, `update_priorities`); an episode not trained on yet gets the highest priority held, so every
+  new episode is replayed soon, as in prioritised experience replay. Continual-Dreamer's version of this
+  never ran (`np.random.choice` over scores, `tf.Tensor(preds)`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .samplers import ChunkSampler
+from .samplers import ChunkSampler, EmptyReplayError
 from .store import FifoEviction
 
 EMBED_SIDE = 8
@@ -208,3 +213,112 @@ class WeightedChunkSampler(ChunkSampler):
         if self.recent_past > 0 and self.rng.random() < self.recent_past:
             return min(int(np.floor(self.rng.triangular(0, count, count))), count - 1)
         return int(self.rng.integers(count))
+
+
+class UncertaintyChunkSampler(WeightedChunkSampler):
+    """Chunks from episodes drawn with probability proportional to `priority ** alpha` (see the module doc).
+
+    Every chunk carries `replay_id` (T,) int64, the same id on every row, naming its episode; the learner
+    stacks it into the batch and reports `update_priorities(ids (B,), kl (B,))` after the update. Reports
+    are queued and applied by the sampling thread, so the training thread never waits for the device.
+    """
+
+    def __init__(self, store, length: int, prioritize_ends: bool = False, seed: int | None = None,
+                 alpha: float = 1.0, floor: float = 1e-3):
+        super().__init__(store, length, prioritize_ends, seed)
+        self.alpha, self.floor = float(alpha), float(floor)
+        self.priority: dict[str, float] = {}  # episode name -> last reported surprise
+        self._ids: dict[str, int] = {}  # episode key -> replay_id, and back
+        self._keys: list[str] = []
+        self._pending: list = []  # (ids, scores) reports not applied yet
+        self._key = None
+
+    def update_priorities(self, ids, scores) -> None:
+        """Queues the surprise of the sequences of one batch: ids (B,), scores (B,) (tensors or arrays)."""
+        self._pending.append((ids, scores))
+
+    def _apply_pending(self) -> bool:
+        pending, self._pending = self._pending, []
+        for ids, scores in pending:
+            ids, scores = np.asarray(_to_numpy(ids)).reshape(-1), np.asarray(_to_numpy(scores)).reshape(-1)
+            for index, score in zip(ids.tolist(), scores.tolist()):
+                if np.isfinite(score):
+                    self.priority[_name(self._keys[index])] = max(float(score), 0.0)
+        return bool(pending)
+
+    def _index(self, keys: Sequence[str]) -> int:
+        if self._apply_pending() or self._cached[0] is not keys:
+            probs = self.probabilities(keys)
+            self._cached = (keys, np.cumsum(probs))
+        return min(int(np.searchsorted(self._cached[1], self.rng.random(), side="right")), len(keys) - 1)
+
+    def probabilities(self, keys: Sequence[str]) -> np.ndarray:
+        """Sampling probability of each key: (priority + floor) ** alpha, normalised; unscored keys get
+        the highest priority held (1.0 before any report)."""
+        known = [self.priority.get(_name(key)) for key in keys]
+        top = max((value for value in known if value is not None), default=1.0)
+        values = np.array([top if value is None else value for value in known], dtype=np.float64)
+        weights = (values + self.floor) ** self.alpha
+        return weights / weights.sum()
+
+    def _pick_episode(self):
+        for _ in range(64):
+            keys = self.store.keys()
+            if not keys:
+                break
+            key = keys[self._index(keys)]
+            try:
+                episode = self.store.get(key)
+            except KeyError:  # evicted meanwhile: draw again
+                continue
+            if len(episode["action"]) >= self.length:
+                self._key = key
+                return episode
+        return self._pick_long_enough()
+
+    def _pick_long_enough(self):
+        """By priority among the episodes long enough for a chunk (when rejection keeps drawing short ones)."""
+        while True:
+            keys = [key for key in self.store.keys() if _length(self.store, key) + 1 >= self.length]
+            if not keys:
+                raise EmptyReplayError(f"no stored episode has {self.length} steps to cut a chunk from; prefill "
+                                       "the replay first or set replay.minlen >= dataset.length")
+            key = keys[min(int(np.searchsorted(np.cumsum(self.probabilities(keys)), self.rng.random(),
+                                               side="right")), len(keys) - 1)]
+            try:
+                episode = self.store.get(key)
+            except KeyError:  # evicted meanwhile: draw again
+                continue
+            self._key = key
+            return episode
+
+    def _sequence(self):
+        sequence = super()._sequence()
+        key = self._key
+        if key not in self._ids:
+            self._ids[key] = len(self._keys)
+            self._keys.append(key)
+        sequence["replay_id"] = np.full(len(sequence["action"]), self._ids[key], np.int64)
+        return sequence
+
+    def state_dict(self) -> dict:
+        self._apply_pending()
+        return {"priority": dict(self.priority)}  # by file name, so a moved logdir still resumes
+
+    def load_state_dict(self, state: dict) -> None:
+        self.priority = {str(k): float(v) for k, v in (state or {}).get("priority", {}).items()}
+
+
+def _length(store, key: str) -> int:
+    try:
+        return store.length(key)
+    except KeyError:
+        return -1
+
+
+def _name(key: str) -> str:
+    return str(key).rsplit("/", 1)[-1]
+
+
+def _to_numpy(value):
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value

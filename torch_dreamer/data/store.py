@@ -9,8 +9,9 @@ The directory may be an fsspec URL (``s3://bucket/replay``) shared by several pr
 ``refresh()`` picks up the files others wrote since, reading each new file once.
 
 The RAM side sits behind two small protocols so other strategies plug in without touching the store:
-``Storage`` (where the arrays live: a dict today, memory-mapped files later) and ``Eviction`` (which
-episode leaves when over capacity: FIFO today, reservoir/random replacement for continual learning later).
+``Storage`` (where the arrays live: a dict by default, or memory-mapped files on disk for replays larger
+than RAM, `disk_storage.DiskStorage`) and ``Eviction`` (which episode leaves when over capacity: FIFO by
+default, the others in `replay_strategies`).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ from .episodes import (
     save_episode,
     select_newest,
 )
+from .header_index import HeaderIndex, episode_layout_of
 
 
 EpisodeCallback = Callable[[Episode], None]
+INDEX_BATCH = 1000  # files refreshed into the store between rewrites of the header index
 
 
 def _short_name(path: Location, minlen: int) -> bool:
@@ -61,6 +64,12 @@ class Storage(Protocol):
 
     Implementations need not be thread-safe: ``EpisodeStore`` serialises every call with its lock,
     except that the ``keys()`` snapshot must stay valid (immutable) after the lock is released.
+
+    Optional methods the store calls when present (a disk-backed storage needs them, a dict does not):
+    ``stage(key, episode) -> Episode`` before inserting an episode, under the write lock but outside
+    the sampler lock, so it must not change what ``get`` reads; the store then ``add``s what it returned;
+    ``settle()`` after each write, to free staged episodes that were not added and removed ones that
+    were not added back; ``close()`` from `EpisodeStore.close`.
     """
 
     def add(self, key: str, episode: Episode) -> None: ...
@@ -200,8 +209,12 @@ class EpisodeStore:
         self._total_episodes = self._total_steps = 0
         self._spec = spec
         self._layouts: dict[str, dict] = {}  # counted files not in RAM: their headers, for `set_spec`
+        # Layouts of files already checked, so a reopen reads only new headers (local folders only).
+        self._index = HeaderIndex(self.directory) if self.directory is not None else None
         if self.directory is not None:
-            self._ingest(list_episodes(self.directory), resume=True)
+            listed = list_episodes(self.directory)
+            self._ingest(listed, resume=True)
+            self._index.write(listed)
 
     def _ingest(self, paths: Sequence[Location], resume: bool, on_episode: EpisodeCallback | None = None) -> int:
         """Count ``paths`` (unknown names, oldest first), load the ones worth keeping, mark all known.
@@ -215,11 +228,12 @@ class EpisodeStore:
         """
         self._known.update(file_name(path) for path in paths)
         if on_episode is not None:
-            loaded, layouts = read_files(paths, self._spec), {}
+            loaded, layouts = self._read_files(paths), {}
         else:
             limit = self.capacity if resume or isinstance(self._eviction, FifoEviction) else None
             loaded, tried = self._load_newest(paths, limit)  # bad files warn here, once: they are known now
-            layouts = inspect_files([path for path in paths if str(path) not in tried], self._spec)
+            untried = [path for path in paths if str(path) not in tried]
+            layouts = self._index.inspect(untried, self._spec) if self._index else inspect_files(untried, self._spec)
         added = 0
         with self._lock:
             self._total_episodes += len(loaded) + len(layouts)
@@ -237,6 +251,7 @@ class EpisodeStore:
         if on_episode is not None:
             for episode in loaded.values():
                 on_episode(episode)
+        self._settle()  # after the callbacks: a disk storage's staged episodes stay readable until here
         return added
 
     def _load_newest(self, paths: Sequence[Location], limit: int | None) -> tuple[dict[str, Episode], set]:
@@ -245,7 +260,7 @@ class EpisodeStore:
         older files are read until the loaded episodes reach ``limit`` (or none is left)."""
         chosen = select_newest(paths, limit, self.minlen)[::-1]
         tried = {str(path) for path in chosen}
-        loaded = read_files(chosen, self._spec)
+        loaded = self._read_files(chosen)
         steps = sum(eplen(episode) for episode in loaded.values() if eplen(episode) >= self.minlen)
         if limit and steps < limit:
             for path in reversed(paths):
@@ -254,12 +269,40 @@ class EpisodeStore:
                 if str(path) in tried or _short_name(path, self.minlen):
                     continue
                 tried.add(str(path))
-                for key, episode in read_files([path], self._spec).items():
+                for key, episode in self._read_files([path]).items():
                     loaded[key] = episode
                     steps += eplen(episode) if eplen(episode) >= self.minlen else 0
             order = {str(path): index for index, path in enumerate(paths)}
             loaded = dict(sorted(loaded.items(), key=lambda item: order[item[0]]))
         return loaded, tried
+
+    def _read_files(self, paths: Sequence[Location]) -> dict[str, Episode]:
+        """`read_files`, one file at a time, each sampleable episode handed to the storage's `stage` (see
+        `_stage`) as soon as it is read: a disk storage then holds one decompressed episode in RAM at a
+        time while a 2M-step replay resumes, instead of all of them."""
+        episodes = {}
+        for path in paths:
+            for key, episode in read_files([path], self._spec).items():
+                if self._index is not None:
+                    self._index.record(path, episode_layout_of(episode))
+                episodes[key] = self._stage(key, episode)
+        return episodes
+
+    def _stage(self, key: str, episode: Episode) -> Episode:
+        """What to insert for a sampleable episode: the storage's `stage(key, episode)` when it has one (a
+        disk storage writes its file here, outside the sampler lock), else the episode itself. Staged
+        episodes that are not inserted are freed by `_settle`. Call with the write lock held."""
+        stage = getattr(self._storage, "stage", None)
+        if stage is None or eplen(episode) < self.minlen:
+            return episode
+        return stage(key, episode)
+
+    def _settle(self) -> None:
+        """Lets the storage free what it kept for this write (staged episodes never inserted, removed
+        ones not inserted again): the disk storage's `settle`. Call with the write lock held."""
+        settle = getattr(self._storage, "settle", None)
+        if settle is not None:
+            settle()
 
     def set_spec(self, spec: Spec | None) -> int:
         """Checks every later file against ``spec``, and drops (with a warning naming file and key) the
@@ -287,6 +330,7 @@ class EpisodeStore:
                     self._total_steps -= layout_steps(layout)
                     self._total_episodes -= 1
                     dropped += 1
+            self._settle()
         return dropped
 
     def refresh(self, on_episode: EpisodeCallback | None = None) -> int:
@@ -307,7 +351,9 @@ class EpisodeStore:
         with self._write_lock:
             fresh = new_episode_files(self.directory, self._known)
             fresh.sort(key=age_key)  # sort keys (a stat per local file) for the new files only
-            return self._ingest(fresh, False, on_episode) if fresh else 0
+            added = self._ingest(fresh, False, on_episode) if fresh else 0
+            self._index.write(min_new=INDEX_BATCH)  # rarely: the whole index is rewritten each time
+            return added
 
     def add(self, episode: dict) -> Path | str | None:
         """Store one finished episode (arrays ``(T+1, ...)``); returns its file path (URL when remote),
@@ -322,13 +368,15 @@ class EpisodeStore:
             key = str(path) if path is not None else episode_filename(length)
             if path is not None:
                 self._known.add(file_name(path))
+            stored = self._stage(key, episode)
             with self._lock:
                 self._total_episodes += 1
                 self._total_steps += length
                 if length >= self.minlen:
-                    self._insert(key, episode)
+                    self._insert(key, stored)
                     self._hook("added", key, episode)
                     self._enforce_limit()
+                self._settle()
         return path
 
     def _insert(self, key: str, episode: Episode) -> None:
@@ -374,7 +422,7 @@ class EpisodeStore:
             wanted = set(members)
             missing = [name for name in members if name not in by_name]
             paths = {file_name(path): path for path in list_episodes(self.directory)} if missing else {}
-            loaded = read_files([paths[name] for name in missing if name in paths], self._spec) if paths else {}
+            loaded = self._read_files([paths[name] for name in missing if name in paths]) if paths else {}
             loaded_by_name = {file_name(key): (key, episode) for key, episode in loaded.items()}
             with self._lock:
                 for name, key in by_name.items():
@@ -398,6 +446,15 @@ class EpisodeStore:
                 self._hook("load_state_dict", state.get("eviction", {}))
                 for key, episode in order:
                     self._hook("restored", key, episode)
+                self._settle()
+
+    def close(self) -> None:
+        """Frees what the storage holds outside the process (a disk storage deletes its cache files; the
+        episode files stay). Use the store no more afterwards."""
+        with self._write_lock, self._lock:
+            close = getattr(self._storage, "close", None)
+            if close is not None:
+                close()
 
     def keys(self) -> Sequence[str]:
         """Immutable snapshot of the sampleable episode keys, oldest first."""

@@ -34,6 +34,9 @@ def _import_minigrid():
     try:
         import minigrid
         import minigrid.wrappers
+        from torch_dreamer.envs import multiskill
+
+        multiskill.register()  # MiniGrid-MultiSkill-N{2,3,4}-v0, Continual-Dreamer's --eval_skills env
     except ImportError:
         raise missing_extra("minigrid", "minigrid") from None
     return minigrid

@@ -76,6 +76,13 @@ class TaskTally:
     def rng(self):
         return self.sampler.rng
 
+    def __getattr__(self, name):
+        # The wrapped sampler's optional interface (uncertainty priorities, their checkpoint state), so
+        # `hasattr(tally, ...)` answers as the wrapped sampler would.
+        if name in ("update_priorities", "state_dict", "load_state_dict"):
+            return getattr(self.__dict__["sampler"], name)
+        raise AttributeError(name)
+
     def shares(self) -> dict:
         with self._lock:
             total = sum(self.counts.values())
@@ -315,7 +322,14 @@ class ContinualRun:
         if len(curves) < len(self.schedule) or len(self.schedule) > len(self.eval_tasks):
             return {}
         ordered = [curves[task_id] for task_id, *_ in self.schedule]
-        return {f"cl_{k}": v for k, v in cl_metrics.cl_metrics(ordered, self.boundaries()).items()}
+        references = None
+        if self.config.cl.reference:  # single-task runs: forward transfer too
+            try:
+                references = [cl_metrics.reference_curve(self.config.cl.reference, task_id)
+                              for task_id, *_ in self.schedule]
+            except FileNotFoundError as error:
+                print(f"No forward transfer: {error}")
+        return {f"cl_{k}": v for k, v in cl_metrics.cl_metrics(ordered, self.boundaries(), references).items()}
 
     # ----- checkpoints -----
 

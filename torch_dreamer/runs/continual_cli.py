@@ -114,23 +114,6 @@ def cmd_reference(argv: list[str]) -> int:
     return 0
 
 
-def read_curves(logdir: pathlib.Path, metric: str, tasks: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per eval task, (steps, values) of `eval_{metric}_{i}` from metrics.jsonl (partial lines skipped)."""
-    from torch_dreamer.config import Config, load_yaml
-
-    repeat = int(Config(load_yaml(logdir / "config.yaml")).get("action_repeat", 1))
-    points: list[list] = [[] for _ in range(tasks)]
-    for line in (logdir / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        for i in range(tasks):
-            if f"eval_{metric}_{i}" in row:
-                points[i].append((row["step"] // repeat, row[f"eval_{metric}_{i}"]))
-    return [(np.array([s for s, _ in p]), np.array([v for _, v in p])) for p in points]
-
-
 def cmd_metrics(argv: list[str]) -> int:
     from torch_dreamer.config import Config, load_yaml
     from torch_dreamer.runs.continual import task_schedule
@@ -148,12 +131,15 @@ def cmd_metrics(argv: list[str]) -> int:
             raise UserError(f"{logdir} holds no metrics.jsonl; pass the folders of continual runs")
         config = Config(load_yaml(logdir / "config.yaml"))
         schedule = task_schedule(config)
-        curves = read_curves(logdir, args.metric, len(schedule))
+        curves = cl_metrics.read_curves(logdir, args.metric, len(schedule), int(config.get("action_repeat", 1)))
         edges = np.cumsum([0] + [steps for *_, steps in schedule]).tolist()
         references = None
         if args.reference:
-            references = [_mean_curve([read_curves(pathlib.Path(ref) / f"task_{task_id}", args.metric, 1)[0]
-                                       for ref in args.reference]) for task_id, *_ in schedule]
+            try:
+                references = [cl_metrics.reference_curve(args.reference, task_id, args.metric)
+                              for task_id, *_ in schedule]
+            except FileNotFoundError as error:
+                raise UserError(str(error)) from None
         per_run.append(cl_metrics.cl_metrics(curves, edges, references))
     summary = {key: cl_metrics.bootstrap([run[key] for run in per_run]) for key in per_run[0]}
     for key, value in summary.items():
@@ -161,13 +147,6 @@ def cmd_metrics(argv: list[str]) -> int:
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps({"runs": per_run, "summary": summary}, indent=2) + "\n")
     return 0
-
-
-def _mean_curve(curves):
-    """The mean of reference curves over seeds on the first curve's steps."""
-    steps = curves[0][0]
-    values = np.mean([np.interp(steps, s, v) for s, v in curves], axis=0)
-    return steps, values
 
 
 def main(argv: list[str]) -> int:

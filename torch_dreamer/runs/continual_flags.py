@@ -14,7 +14,7 @@ errors (the original ignored them). `--key=value` and `--key value` both work; b
 | `--seed`, `--logdir`, `--tag` | `seed`; logdir `{logdir}/minigrid_{tag}_{seed}` (minigrid, interference), `{logdir}/minihack_{tag}{seed}` |
 | `--del_exp_replay` | `cl.del_exp_replay` (after the final checkpoint) |
 | `--sep_exp_eval_policies` | `eval_policy task` (without it: `explore`, the original's shared policy) |
-| `--wandb_proj_name`, `--wandb_group`, `--wandb_dir` | `wandb.project`, `wandb.group`, `wandb.dir` (offline unless `WANDB_MODE` says otherwise) |
+| `--wandb_proj_name`, `--wandb_group`, `--wandb_dir` | `wandb.project`, `wandb.group`, `wandb.dir`; any of them adds `wandb` to `loggers` (offline unless `WANDB_MODE` or `--wandb.mode` say otherwise) |
 | `--minlen` | `replay.minlen` |
 | `--rssm_full_recon` | with p2e: `grad_heads [decoder, reward, discount]`, `pred_discount True`; else `[decoder]`, `False` |
 | `--state_bonus`, `--state_bonus_keep` | `cl.state_bonus`, `cl.state_bonus_keep` |
@@ -137,6 +137,10 @@ def translate(known: dict) -> tuple[dict, dict]:
         raise UserError("--reservoir_sampling and --coverage_sampling choose different evictions; pick one")
     if strategies:
         updates["replay.eviction"] = strategies[0].split("_")[0]
+    if {"wandb_proj_name", "wandb_group", "wandb_dir"} & set(values):
+        # The original always logged to wandb; here naming a project turns it on (offline unless
+        # WANDB_MODE or --wandb.mode say otherwise); an explicit --loggers still wins.
+        updates["loggers"] = ["terminal", "jsonl", "tensorboard", "wandb"]
     if values.get("reward_sampling"):
         updates["replay.sampling"] = "reward"   # as the original, it overrides --recent_past_sampl_thres
     elif values.get("uncertainty_sampling"):

@@ -24,13 +24,16 @@ import torch
 
 from torch_dreamer.agent.agent import Agent
 from torch_dreamer.data import BatchLoader, ChunkSampler, EpisodeStore, SequentialSampler
-from torch_dreamer.data.replay_strategies import WeightedChunkSampler, make_eviction
+from torch_dreamer.data.replay_strategies import UncertaintyChunkSampler, WeightedChunkSampler, make_eviction
 from torch_dreamer.errors import UserError
 from torch_dreamer.runs.checkpoint import load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torch_dreamer.runs.spaces import Spaces
 from torch_dreamer.tools.logger import MetricsAverager
 
 MAX_NONFINITE = 100  # consecutive skipped updates of any optimiser before the run stops
+# The streaks are device counters: reading them waits for the device, so back-to-back updates read them every
+# few updates (and once after each batch of updates).
+STREAK_CHECK_EVERY = 10
 # The config block each optimiser of `Agent.optimizers()` takes its settings from.
 OPTIMIZER_KEYS = {"model": "model_opt", "actor": "actor_opt", "critic": "critic_opt",
                   "expl_model": "expl_opt", "expl_actor": "actor_opt", "expl_critic": "critic_opt"}
@@ -38,7 +41,7 @@ OPTIMIZER_SETTINGS = ("lr", "eps", "clip", "wd")
 # Keys that never change the model's structure, left out of the model-mismatch message.
 RUN_KEYS = ("logdir", "steps", "seed", "device", "progress", "deterministic", "prefill", "eval_every", "log_every",
             "eval_eps", "checkpoint_every", "checkpoint_minutes", "envs", "workers", "eval_workers", "replay_dir",
-            "policy_dir", "offline_dir", "learner_only", "jit", "precision")
+            "policy_dir", "offline_dir", "learner_only", "jit", "compile", "precision")
 DATASET_MODES = ("random", "sequential")
 
 
@@ -49,8 +52,9 @@ def make_sampler(config, store: EpisodeStore, seed: int):
         raise UserError("replay.ongoing True (sampling unfinished episodes) is not supported: actors keep "
                         "unfinished episodes to themselves; use --replay.ongoing False (the official default)")
     if config.replay.sampling == "uncertainty":
-        raise UserError("replay.sampling uncertainty (--uncertainty_sampling) is not available yet; "
-                        "use uniform, reward or --replay.recent_past")
+        if mode != "random":
+            raise UserError("replay.sampling uncertainty draws random chunks; use it with --dataset.mode random")
+        return UncertaintyChunkSampler(store, config.dataset.length, config.replay.prioritize_ends, seed)
     if mode == "random" and (config.replay.sampling == "reward" or config.replay.recent_past > 0):
         weights = "reward" if config.replay.sampling == "reward" else None
         return WeightedChunkSampler(store, config.dataset.length, config.replay.prioritize_ends, seed,
@@ -64,9 +68,19 @@ def make_sampler(config, store: EpisodeStore, seed: int):
 
 
 def make_replay(config, directory, spec: dict | None = None) -> EpisodeStore:
-    """The run's replay: `replay.capacity` steps in RAM, `replay.eviction` choosing who leaves."""
+    """The run's replay: `replay.capacity` steps sampleable, `replay.eviction` choosing who leaves,
+    `replay.storage` saying where they live (see `make_storage`)."""
     eviction = make_eviction(config.replay.eviction, config.seed + 7)
-    return EpisodeStore(directory, config.replay.capacity, config.replay.minlen, eviction=eviction, spec=spec)
+    return EpisodeStore(directory, config.replay.capacity, config.replay.minlen, eviction=eviction, spec=spec,
+                        storage=make_storage(config))
+
+
+def make_storage(config):
+    """`replay.storage`: None (the store's in-RAM dict) for `ram`; for `disk` a `DiskStorage` under
+    `replay.storage_dir`, by default `{logdir}/replay_cache` (a local disk the run already writes to)."""
+    from torch_dreamer.data.disk_storage import storage_for
+
+    return storage_for(config.replay.storage, config.replay.storage_dir, config.logdir)
 
 
 def episode_spec(spaces: Spaces) -> dict:
@@ -94,13 +108,18 @@ class Learner:
         device: where the agent and batches live.
     """
 
-    def __init__(self, config, spaces: Spaces, replay: EpisodeStore, device: torch.device, sampler=None):
+    def __init__(self, config, spaces: Spaces, replay: EpisodeStore, device: torch.device, sampler=None,
+                 batch: int | None = None):
         self.config, self.spaces, self.replay, self.device = config, spaces, replay, device
         self.agent = Agent(config, spaces.obs, spaces.act_dim, spaces.discrete).to(device)
         # The training stream; a caller may pass its own (e.g. one that tallies where chunks come from).
         self.sampler = sampler if sampler is not None else make_sampler(config, replay, config.seed)
+        # Chunks per update: `dataset.batch`, or this rank's share of it with data-parallel learners.
+        self.batch = int(batch) if batch else int(config.dataset.batch)
         # Videos and reports read their own random chunks, so logging never shifts the training stream.
         self.report_sampler = ChunkSampler(replay, config.dataset.length, False, config.seed + 1)
+        # Uncertainty sampling reports each sequence's surprise back to the sampler, by the chunk's replay_id.
+        self.scores = hasattr(self.sampler, "update_priorities")
         self.keys = model_keys(spaces)
         self.dataset: BatchLoader | None = None
         self.state: dict | None = None  # carried posterior state {key: (B, ...)} in sequential mode
@@ -113,8 +132,9 @@ class Learner:
         """Starts the batch stream; call once the replay holds a chunk (after prefill)."""
         if self.dataset is None:
             prefetch = 0 if self.config.deterministic else 4
-            self.dataset = BatchLoader(self.sampler, self.config.dataset.batch, self.device,
-                                       prefetch=prefetch, seed=None, keys=self.keys)
+            self.dataset = BatchLoader(self.sampler, self.batch, self.device,
+                                       prefetch=prefetch, seed=None,
+                                       keys=self.keys + (["replay_id"] if self.scores else []))
 
     def train(self, count: int, step: int) -> None:
         """`count` updates at env step `step` (the schedules' clock)."""
@@ -122,11 +142,17 @@ class Learner:
         self.agent.step = step
         for _ in range(count):
             carried = self.state if self.config.dataset.mode == "sequential" else None
-            self.state, metrics = self.agent.train_step(next(self.dataset), carried)
+            batch = next(self.dataset)
+            ids = batch.pop("replay_id", None)
+            self.state, metrics = self.agent.train_step(batch, carried, sequence_scores=self.scores)
+            if self.scores:
+                self.sampler.update_priorities(ids[0], metrics.pop("sequence_kl"))
             self.metrics.add(metrics)
             self.updates += 1
             self.loaded = True
-            self.check_streaks()
+            if self.updates % STREAK_CHECK_EVERY == 0:
+                self.check_streaks()
+        self.check_streaks()  # acting waits for the device anyway
 
     def check_streaks(self) -> None:
         """Stops the run once any optimiser (world model, actor, critic, exploration) skipped
@@ -163,6 +189,7 @@ class Learner:
             "rng": rng_state(),
             "sampler_rng": _sampler_rng(self.sampler),
             "sampler_rest": _sampler_rest(self.sampler),
+            "sampler_state": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None,
             "report_rng": self.report_sampler.rng.bit_generator.state,
             "config": self.config.flat,
             "spaces": self.spaces.to_dict(),
@@ -228,6 +255,8 @@ class Learner:
         self.replay.load_state_dict(payload.get("replay", {}))
         _set_sampler_rng(self.sampler, payload.get("sampler_rng"))
         _set_sampler_rest(self.sampler, payload.get("sampler_rest"))
+        if payload.get("sampler_state") and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(payload["sampler_state"])
         if payload.get("report_rng"):
             self.report_sampler.rng.bit_generator.state = payload["report_rng"]
         self.loaded = True
@@ -242,9 +271,10 @@ class Learner:
         """
         for name, opt in self.agent.optimizers().items():
             settings = self.config[OPTIMIZER_KEYS.get(name, f"{name}_opt")]
-            for group in opt.opt.param_groups:
+            for group in opt.opt.param_groups:  # kept in the checkpoint's format too
                 group["lr"] = float(settings["lr"])
-            opt.eps, opt.clip, opt.wd = float(settings["eps"]), settings["clip"], settings["wd"]
+            opt.lr, opt.eps = float(settings["lr"]), float(settings["eps"])  # what the step reads
+            opt.clip, opt.wd = settings["clip"], settings["wd"]
         keys = [f"{block}.{setting}" for block in sorted(set(OPTIMIZER_KEYS.values())) for setting in OPTIMIZER_SETTINGS]
         changed = [line for line in _changed_keys(saved_config or {}, self.config.flat) if line.split(" ")[0] in keys]
         if changed:
@@ -281,7 +311,8 @@ def _sampler_rest(sampler):
     rest = getattr(sampler, "_rest", None)
     if not isinstance(rest, dict):
         return None
-    return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in rest.items()}
+    # A copy: the rows may be read-only views of a disk-backed replay (`replay.storage disk`).
+    return {key: torch.from_numpy(np.array(value)) for key, value in rest.items()}
 
 
 def _set_sampler_rest(sampler, state) -> None:

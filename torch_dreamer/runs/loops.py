@@ -18,7 +18,7 @@ from torch_dreamer.runs.acting import agent_policy, episode_metrics
 from torch_dreamer.runs.actor import actor_status
 from torch_dreamer.runs.checkpoint import load_run_checkpoint
 from torch_dreamer.runs.driver import Driver, EnvError
-from torch_dreamer.runs.learner import Learner, NonFiniteStop, Rate, episode_spec
+from torch_dreamer.runs.learner import Learner, NonFiniteStop, Rate, episode_spec, make_storage
 from torch_dreamer.runs.policy_store import clear_stop, publish_policy, request_stop, write_json
 from torch_dreamer.runs.spaces import Spaces
 from torch_dreamer.runs.train import holds_chunk, replay_dir, resume_seed
@@ -120,7 +120,8 @@ class ReplayLoop:
 def train_with_workers(config) -> dict:
     """`dreamer train --workers N`: actors in other processes, this process only learns."""
     logdir = pathlib.Path(str(config.logdir)).expanduser()
-    replay = EpisodeStore(replay_dir(config, logdir), config.replay.capacity, config.replay.minlen)
+    replay = EpisodeStore(replay_dir(config, logdir), config.replay.capacity, config.replay.minlen,
+                          storage=make_storage(config))
     loop = ReplayLoop(config, replay, config.action_repeat)
     try:
         return _train_with_workers(config, replay, loop)
@@ -238,7 +239,7 @@ def train_offline(config, eval_envs=None) -> dict:
         convert_minari(source[len("minari:"):], logdir / "offline_episodes")
         source = logdir / "offline_episodes"
     capacity = config.replay.capacity if config.replay.capacity else None
-    replay = EpisodeStore(source, capacity, config.replay.minlen)  # read, never written
+    replay = EpisodeStore(source, capacity, config.replay.minlen, storage=make_storage(config))  # read, never written
     if not holds_chunk(replay, config.dataset.length):
         raise UserError(f"no episode in {config.offline_dir} has dataset.length={config.dataset.length} steps; "
                         "lower --dataset.length or --replay.minlen")

@@ -19,9 +19,11 @@ from torch_dreamer.errors import UserError
 CHOICES = {
     "dataset.mode": ("random", "sequential"),
     "worker_backend": ("process", "ray"),
+    "lr_scaling": ("none", "linear", "sqrt"),
     "action_kind": ("auto", "discrete", "continuous"),
     "replay.eviction": ("fifo", "reservoir", "random_replacement", "coverage"),
-    "replay.sampling": ("uniform", "reward"),  # uncertainty: not available yet
+    "replay.sampling": ("uniform", "reward", "uncertainty"),
+    "replay.storage": ("ram", "disk"),
 }
 NON_NEGATIVE = ("workers", "eval_workers", "train_ratio", "policy_refresh_s")
 POSITIVE = ("policy_refresh", "dataset.batch", "dataset.length")
@@ -155,7 +157,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    # On CUDA, fp32 matmuls and convolutions in TF32 (as TF2 ran the official code on Ampere) and cuDNN's autotuner,
+    # unless the run must repeat exactly; no effect on the CPU.
+    fast = "ieee" if deterministic else "tf32"
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = fast
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def is_tty() -> bool:

@@ -29,7 +29,7 @@ from torch_dreamer.runs import setup
 from torch_dreamer.runs.acting import ExploreSchedule, RandomPolicy, agent_policy, episode_metrics
 from torch_dreamer.runs.checkpoint import payload_bytes
 from torch_dreamer.runs.driver import Driver, EnvError
-from torch_dreamer.runs.learner import Learner, NonFiniteStop, episode_spec
+from torch_dreamer.runs.learner import Learner, NonFiniteStop, episode_spec, make_storage
 from torch_dreamer.runs.spaces import Spaces
 from torch_dreamer.tools.files import DiskFull, deferred_interrupts
 from torch_dreamer.tools.logger import Logger, Progress, default_outputs
@@ -88,7 +88,7 @@ class Trainer:
         self.spaces = Spaces.from_vector_env(train_envs)
         spec = episode_spec(self.spaces)  # files that do not fit these spaces are skipped with a warning
         self.train_store = EpisodeStore(replay_dir(config, self.logdir), config.replay.capacity, config.replay.minlen,
-                                        spec=spec)
+                                        spec=spec, storage=make_storage(config))
         self.eval_store = EpisodeStore(self.logdir / "eval_episodes", config.replay.capacity / 10, config.dataset.length,
                                        spec=spec)
         checks = {"name": name, "nonfinite": config.nonfinite_env, "max_episode_steps": config.max_episode_steps}

@@ -14,6 +14,9 @@ clipped to [0, 1] as Continual-Dreamer's notebook clips at 0).
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import numpy as np
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps (K,), values (K,)), steps increasing
@@ -76,3 +79,31 @@ def bootstrap(values, reps: int = 2000, seed: int = 0, level: float = 0.95) -> d
     means = values[rng.integers(len(values), size=(reps, len(values)))].mean(1)
     low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return {"mean": float(values.mean()), "low": float(low), "high": float(high), "seeds": int(len(values))}
+
+
+def read_curves(logdir, metric: str, tasks: int, action_repeat: int = 1) -> list[Curve]:
+    """Per eval task i, (env steps, values) of `eval_{metric}_{i}` in a run's metrics.jsonl (partial lines
+    skipped; logged steps count frames, so they are divided by `action_repeat`)."""
+    points: list[list] = [[] for _ in range(tasks)]
+    for line in (pathlib.Path(logdir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        for i in range(tasks):
+            if f"eval_{metric}_{i}" in row:
+                points[i].append((row["step"] // max(action_repeat, 1), row[f"eval_{metric}_{i}"]))
+    return [(np.array([s for s, _ in p]), np.array([v for _, v in p])) for p in points]
+
+
+def reference_curve(folders, task_id: int, metric: str = "success") -> Curve:
+    """Task `task_id`'s single-task reference curve, averaged over the reference runs in `folders` (each
+    holding `task_{i}/metrics.jsonl`, as `dreamer continual reference` writes), on the first run's steps."""
+    curves = []
+    for folder in folders:
+        path = pathlib.Path(folder) / f"task_{task_id}"
+        if not (path / "metrics.jsonl").exists():
+            raise FileNotFoundError(f"{path} holds no metrics.jsonl; make it with `dreamer continual reference`")
+        curves.append(read_curves(path, metric, 1)[0])
+    steps = curves[0][0]
+    return steps, np.mean([np.interp(steps, s, v) for s, v in curves], axis=0)

@@ -116,9 +116,17 @@ def run(args) -> int:
         raise UserError("dreamer plot: give --outdir (to draw) or --table (to print final scores)")
     if args.cols < 1:
         raise UserError("dreamer plot: --cols must be at least 1")
-    loaded = load_inputs(args.indir, args.xaxis, args.yaxis, args.baselines_file, [OFFICIAL_BASELINES])
+    continual = draw_continual(args)
+    try:
+        loaded = load_inputs(args.indir, args.xaxis, args.yaxis, args.baselines_file, [OFFICIAL_BASELINES])
+    except UserError:
+        if continual:  # continual runs only: their per-task figure is all there is to draw
+            return 0
+        raise
     for note in dict.fromkeys(loaded.notes):
         print(f"note: {note}", file=sys.stderr)
+    if not loaded.runs and continual:
+        return 0
     if not loaded.runs:
         raise UserError(f"no run under {' '.join(args.indir)} has '{args.yaxis}' values yet")
     selected = filter_runs(loaded.runs, args.tasks, args.methods)
@@ -150,6 +158,25 @@ def run(args) -> int:
         except OSError as exc:
             raise UserError(f"--outdir {args.outdir}: {exc.strerror or exc}") from None
     return 0
+
+
+def draw_continual(args) -> int:
+    """`continual.png`/`.pdf`: per-task curves of every continual run, task boundaries dotted. Returns the
+    number of continual runs found (their per-task `{yaxis}_{i}` keys)."""
+    from torch_dreamer.tools.cl_plot import continual_panels
+
+    panels = continual_panels(args.indir, args.xaxis, args.yaxis)
+    if panels and args.outdir:
+        fig = plot_curves(panels, args.cols, tuple(args.size), args.xlim, args.ylim)
+        outdir = Path(args.outdir)
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+            for suffix in ("png", "pdf"):
+                fig.savefig(outdir / f"continual.{suffix}", dpi=args.dpi)
+        except OSError as exc:
+            raise UserError(f"--outdir {args.outdir}: {exc.strerror or exc}") from None
+        print(f"Wrote {outdir / 'continual.png'} ({len(panels)} continual runs, one line per task)")
+    return len(panels)
 
 
 def run_ends(runs) -> dict[tuple[str, str], float]:
@@ -213,6 +240,7 @@ class Panel:
     lines: list[Line] = field(default_factory=list)
     hlines: dict[str, float] = field(default_factory=dict)
     task: bool = True  # --ylim applies to task panels only: aggregates have their own scale
+    vlines: list[float] = field(default_factory=list)  # continual runs: steps where the training task changes
 
 
 def pretty(task: str) -> str:
@@ -371,6 +399,8 @@ def _draw_panel(ax, panel: Panel, colors, handles) -> None:
             ax.fill_between(line.xs[band], line.low[band], line.high[band], color=color, alpha=0.2, lw=0)
     for name, value in panel.hlines.items():
         handles.setdefault(name, ax.axhline(value, color=colors[name], ls="--", lw=1))
+    for step in panel.vlines:
+        handles.setdefault("task boundary", ax.axvline(step, color="black", ls=":", lw=1))
     ax.set_title(panel.title)
     ax.grid(alpha=0.3)
 

@@ -12,7 +12,7 @@ the other outputs lose nothing). `close()` waits up to `close_timeout` seconds f
   changed. The run id is kept in ``{logdir}/mlflow_run.json``: a resumed run continues the same run.
 - wandb: offline unless `wandb.mode` or WANDB_MODE say otherwise; project, group and name from
   `wandb.*` (name defaults to the logdir's name); the entity is wandb's own (WANDB_ENTITY or the
-  account's default), never set here. Files go to ``{logdir}/wandb``; the run id is kept in
+  account's default), never set here. Files go to ``{wandb.dir or logdir}/wandb``; the run id is kept in
   ``{logdir}/wandb_run.json`` and a resumed run continues it (``resume="allow"``).
 """
 
@@ -276,7 +276,7 @@ class WandbOutput(TrackerOutput):
             project=str(_option(self.config, "wandb.project", "")) or "torch_dreamer",
             group=str(_option(self.config, "wandb.group", "")) or None,
             name=self._run_name("wandb.name"),
-            dir=str(self.logdir.resolve()),
+            dir=self._directory(),
             id=run_id,
             resume="allow",
             mode=self.mode(),
@@ -284,6 +284,13 @@ class WandbOutput(TrackerOutput):
             # wandb's console capture rewraps stdout/stderr, under the progress bar; WANDB_CONSOLE turns it on.
             settings=wandb.Settings(console=os.environ.get("WANDB_CONSOLE", "off")),
         )
+
+    def _directory(self) -> str:
+        """`wandb.dir` (Continual-Dreamer's --wandb_dir), created if missing; the logdir when empty."""
+        chosen = str(_option(self.config, "wandb.dir", ""))
+        directory = pathlib.Path(chosen).expanduser() if chosen else self.logdir
+        directory.mkdir(parents=True, exist_ok=True)
+        return str(directory.resolve())
 
     def _log(self, frames, scalars, videos) -> None:
         import wandb

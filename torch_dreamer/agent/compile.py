@@ -1,0 +1,93 @@
+"""`--compile none | step | graph | auto`: which parts of the update run compiled (issue 12).
+
+- none: eager PyTorch.
+- step: the observe-scan cell (`RSSM.obs_cell`: img_in, GRU, posterior, sample) and the imagination step
+  (`WorldModel.imagine_step`: actor, sample, prior, features) each compiled as one whole function, so a scan
+  step is a few fused kernels instead of dozens of small ones. Every call inside a run has the same shapes, so
+  each compiles once per kind of call (with / without autograd, training / acting) and never again.
+- graph: the whole update captured in CUDA graphs. Not available yet (a one-line error says so).
+- auto: step on CUDA; on the CPU step only for small vector-input networks, where it measured faster (per-op
+  overhead dominates), eager for the conv/matmul-bound image models (no measured gain, minutes of compilation).
+
+`jit True` is the old spelling of `step`. The compiled functions are stored on their modules under the method's
+name, so callers pick them up unchanged and checkpoints keep their keys.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from torch_dreamer.errors import UserError
+
+MODES = ("none", "step", "graph", "auto")
+# On the CPU, compiling the scan steps pays off while per-op overhead dominates: no CNN and deter up to this size
+# (benchmarks/throughput.py: gym_vector, deter 128, updates 1.3-1.5x faster; atari and dmc_vision no faster).
+AUTO_CPU_MAX_DETER = 256
+
+
+def option(config, key: str, default):
+    try:
+        return config[key]
+    except KeyError:  # configs saved before the key existed
+        return default
+
+
+def resolve(config, device_type: str, conv: bool = False) -> str:
+    """The mode to run on `device_type` ('cpu', 'cuda'): none or step; UserError for what cannot run.
+
+    conv: whether the model has convolutions (image inputs), which `auto` leaves eager on the CPU."""
+    name = str(option(config, "compile", "none")).strip().lower()
+    if name not in MODES:
+        raise UserError(f"--compile must be one of {', '.join(MODES)}, not '{name}'")
+    if name == "none" and option(config, "jit", False):
+        name = "step"
+    if name == "auto":
+        small = not conv and int(config.rssm.deter) <= AUTO_CPU_MAX_DETER
+        name = "step" if device_type == "cuda" or small else "none"
+    if name == "graph":
+        if device_type != "cuda":
+            raise UserError("--compile graph captures the update in CUDA graphs and needs a CUDA device; "
+                            "on the CPU use --compile step or auto")
+        raise UserError("--compile graph (CUDA-graph capture of the whole update) is not available yet; "
+                        "use --compile step")
+    return name
+
+
+def is_compiler_error(error: Exception) -> bool:
+    return "torch._dynamo" in type(error).__module__ or "inductor" in str(type(error))
+
+
+def compile_steps(targets: list) -> list:
+    """Compiles each (module, method name) as one whole function, stored on the module; returns the targets.
+
+    If the compiler fails on this platform (it compiles at the first call, before running anything), that call
+    and every later one run eagerly, after one warning: nothing of the update has run twice."""
+    for module, name in targets:
+        setattr(module, name, _falling_back(targets, torch.compile(getattr(module, name), fullgraph=True,
+                                                                   dynamic=False), module, name))
+    return targets
+
+
+def _falling_back(targets: list, compiled, module, name: str):
+    def call(*args, **kwargs):
+        if module.__dict__.get(name) is not call:  # restored meanwhile
+            return getattr(module, name)(*args, **kwargs)
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as error:  # compiler errors vary by platform and backend
+            if not is_compiler_error(error):
+                raise
+            warnings.warn(f"torch.compile failed ({type(error).__name__}); running eagerly (--compile none)")
+            restore(targets)
+            return getattr(module, name)(*args, **kwargs)
+
+    return call
+
+
+def restore(targets: list) -> None:
+    """Back to the eager methods (after a compiler failure); empties `targets`, the record of what is compiled."""
+    for module, name in targets:
+        module.__dict__.pop(name, None)
+    targets.clear()
