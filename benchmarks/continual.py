@@ -97,12 +97,22 @@ def learn(argv: list[str]) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+# 0.5 * log(2 pi) per pixel channel: the image NLL of a unit-variance Gaussian decoder never goes below
+# 12288 times this on 64x64x3 frames, so the world model's progress is the excess over it.
+NLL_FLOOR = 0.5 * 64 * 64 * 3 * float(np.log(2 * np.pi))
+
+
 def final_eval(run: str) -> dict:
-    """The last logged eval_return_i / eval_success_i of a run."""
-    last = {}
+    """The last logged eval_return_i / eval_success_i of a run, and each task's first and last
+    `eval_recon_loss_i` as the excess over the Gaussian floor (the world model's learning, visible even
+    when no task is solved)."""
+    last, recon = {}, {}
     for line in (pathlib.Path(run) / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         last.update({k: v for k, v in row.items() if k.startswith(("eval_return_", "eval_success_"))})
+        for key in (k for k in row if k.startswith("eval_recon_loss_")):
+            recon.setdefault(key, []).append(round(row[key] - NLL_FLOOR, 1))
+    last.update({f"{key}_above_floor_first_last": [values[0], values[-1]] for key, values in recon.items()})
     return last
 
 

@@ -123,10 +123,10 @@ def run(args) -> int:
         if continual:  # continual runs only: their per-task figure is all there is to draw
             return 0
         raise
+    if not loaded.runs and continual:
+        return 0  # continual runs only: the notes would say they lack the plain key, which they always do
     for note in dict.fromkeys(loaded.notes):
         print(f"note: {note}", file=sys.stderr)
-    if not loaded.runs and continual:
-        return 0
     if not loaded.runs:
         raise UserError(f"no run under {' '.join(args.indir)} has '{args.yaxis}' values yet")
     selected = filter_runs(loaded.runs, args.tasks, args.methods)
