@@ -201,7 +201,7 @@ def main():
     parser.add_argument("--envs", type=int, default=1, help="environments per policy step")
     parser.add_argument("--baseline", help="a checkout of older code (git worktree add PATH COMMIT) to run beside")
     parser.add_argument("--note", default="", help="recorded in the JSON, e.g. 'machine shared with other jobs'")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the JSON")
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
