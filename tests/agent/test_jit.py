@@ -24,6 +24,7 @@ def _no_compile(fn, **kwargs):
     (("--jit", "True"), "cpu", False, "step"), (("--compile", "auto"), "cuda", True, "step"),
     (("--compile", "auto"), "cpu", False, "step"),                                  # small vector model: overhead-bound
     (("--compile", "auto"), "cpu", True, "none"),                                   # image models: conv-bound
+    (("--compile", "auto", "--rssm.deter", "128"), "cpu", False, "none"),           # gym_vector size: no faster
     (("--compile", "auto", "--rssm.deter", "600"), "cpu", False, "none"),           # large: matmul-bound
 ])
 def test_modes(flags, device, conv, expected):

@@ -22,9 +22,11 @@ import torch
 from torch_dreamer.errors import UserError
 
 MODES = ("none", "step", "graph", "auto")
-# On the CPU, compiling the scan steps pays off while per-op overhead dominates: no CNN and deter up to this size
-# (benchmarks/throughput.py: gym_vector, deter 128, updates 1.3-1.5x faster; atari and dmc_vision no faster).
-AUTO_CPU_MAX_DETER = 256
+# On the CPU, compiling the scan steps pays off only while per-op overhead dominates: no CNN and a tiny deter.
+# Measured: the tests' tiny model (deter 32) 26 -> 7 ms per update; gym_vector (deter 128) no faster on a quiet
+# machine (0.175 vs 0.171 s/update eager, 25 rounds, benchmarks/results/throughput-cpu-gym_vector-quiet-*);
+# atari and dmc_vision no faster.
+AUTO_CPU_MAX_DETER = 64
 
 
 def option(config, key: str, default):
