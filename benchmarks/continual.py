@@ -62,6 +62,7 @@ VARIANTS = {
 def learn(argv: list[str]) -> None:
     import time
 
+    from actors import cpu_name  # benchmarks/actors.py, beside this file
     from torch_dreamer.cli import main as dreamer
 
     parser = argparse.ArgumentParser(prog="benchmarks/continual.py learn")
@@ -114,13 +115,6 @@ def final_eval(run: str) -> dict:
             recon.setdefault(key, []).append(round(row[key] - NLL_FLOOR, 1))
     last.update({f"{key}_above_floor_first_last": [values[0], values[-1]] for key, values in recon.items()})
     return last
-
-
-def cpu_name() -> str:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

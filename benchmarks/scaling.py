@@ -22,15 +22,13 @@ import json
 import os
 import pathlib
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from actors import cpu_name, mean_of, run_command  # noqa: E402  (benchmarks/actors.py, beside this file)
 from tests.runs.conftest import TINY  # noqa: E402
 
 # Networks: the test suite's tiny ones (the learner's cost stays near the actors'), or a small real model.
@@ -41,10 +39,7 @@ MODELS = {"tiny": TINY, "small": ["--rssm.deter", "200", "--rssm.hidden", "200",
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    return cpu_name()
 
 
 def command_for(ranks: int, actors: int, logdir: pathlib.Path, args) -> list[str]:
@@ -57,36 +52,16 @@ def command_for(ranks: int, actors: int, logdir: pathlib.Path, args) -> list[str
             "--dataset.batch", str(args.batch), "--seed", "0", *MODELS[args.model]]
 
 
-def run(command: list[str], timeout: float, log: pathlib.Path) -> tuple[object, float]:
-    """Runs `command` in its own session; on timeout SIGINT (the run saves), then SIGKILL, to the group."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = "timeout"
-            for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(timeout=wait)
-                    break
-                except (subprocess.TimeoutExpired, ProcessLookupError):
-                    continue
-    return code, time.perf_counter() - start
-
-
-def logged_mean(rows: list[dict], key: str):
-    values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
-    return round(sum(values) / len(values), 3) if values else None
+def _rounded(value):
+    return round(value, 3) if value is not None else None
 
 
 def measure(ranks: int, actors: int, args, root: pathlib.Path) -> dict:
     logdir = root / f"ranks-{ranks}-actors-{actors}"
     command = command_for(ranks, actors, logdir, args)
     logdir.mkdir(parents=True)
-    code, wall = run(command, args.seconds, root / f"{logdir.name}.txt")
+    # On timeout the run gets SIGINT (it saves, as on Ctrl-C), then SIGKILL, sent to its whole group.
+    code, _, wall = run_command(command, args.seconds, root / f"{logdir.name}.txt")
     result = {"ranks": ranks, "actors": actors, "returncode": code, "wall_s": round(wall, 1)}
     if code != "timeout":  # the runs are meant to be stopped by the timeout
         result["error_tail"] = (root / f"{logdir.name}.txt").read_text(errors="replace")[-1500:]
@@ -98,9 +73,9 @@ def measure(ranks: int, actors: int, args, root: pathlib.Path) -> dict:
     # The counts of the last log row: a run stopped at the deadline may not finish its last checkpoint in time.
     last, steady = learner_rows[-1], learner_rows[1:]
     result.update({"step": last["step"], "updates": last.get("updates"), "logged_rows": len(steady),
-                   "updates_per_s": logged_mean(steady, "updates_per_s"),
-                   "env_steps_per_s": logged_mean(steady, "env_steps_per_s"),
-                   "replay_ratio": logged_mean(steady, "replay_ratio"),
+                   "updates_per_s": _rounded(mean_of(steady, "updates_per_s")),
+                   "env_steps_per_s": _rounded(mean_of(steady, "env_steps_per_s")),
+                   "replay_ratio": _rounded(mean_of(steady, "replay_ratio")),
                    "updates_per_s_wall": round((last.get("updates") or 0) / wall, 3),
                    "env_steps_per_s_wall": round(last["step"] / wall, 2)})
     return result

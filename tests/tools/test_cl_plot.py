@@ -4,6 +4,7 @@ import json
 
 from torch_dreamer.tools import cl_plot
 from torch_dreamer.tools.plot import main
+from torch_dreamer.tools.scores import read_metrics
 
 
 def write_run(folder, boundaries=(100, 200), end=300):
@@ -20,7 +21,7 @@ def write_run(folder, boundaries=(100, 200), end=300):
 
 def test_curves_and_boundaries_are_read_from_the_jsonl(tmp_path):
     write_run(tmp_path / "run")
-    rows = cl_plot.read_rows(tmp_path / "run" / "metrics.jsonl")
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert cl_plot.task_boundaries(rows, "step") == [100.0, 200.0]
     curves = cl_plot.task_curves(rows, "step", "eval_return")
     assert sorted(curves) == [0, 1, 2]

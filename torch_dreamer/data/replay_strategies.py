@@ -172,6 +172,11 @@ def reward_weights(store, keys: Sequence[str], cache: dict) -> np.ndarray:
     return np.exp(returns - returns.max())
 
 
+def draw_index(cumulative: np.ndarray, rng: np.random.Generator) -> int:
+    """An index drawn from cumulative probabilities (the last index when rounding leaves the total below 1)."""
+    return min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(cumulative) - 1)
+
+
 class WeightedChunkSampler(ChunkSampler):
     """Official chunks from episodes drawn by reward weight, or by the 50:50 recent/past ramp.
 
@@ -188,6 +193,7 @@ class WeightedChunkSampler(ChunkSampler):
         self.weights, self.recent_past = weights, float(recent_past)
         self._returns: dict[str, float] = {}
         self._cached: tuple = (None, None)  # (key snapshot, cumulative probabilities)
+        self._key = None  # the key of the episode drawn last
 
     def _pick_episode(self):
         for _ in range(64):
@@ -200,7 +206,12 @@ class WeightedChunkSampler(ChunkSampler):
             except KeyError:  # evicted meanwhile: draw again
                 continue
             if len(episode["action"]) >= self.length:
+                self._key = key
                 return episode
+        return self._pick_fallback()
+
+    def _pick_fallback(self):
+        """When rejection keeps drawing short episodes: uniform over the long-enough ones."""
         return self._pick_filtered()
 
     def _index(self, keys: Sequence[str]) -> int:
@@ -209,7 +220,7 @@ class WeightedChunkSampler(ChunkSampler):
             if self._cached[0] is not keys:
                 probs = reward_weights(self.store, keys, self._returns)
                 self._cached = (keys, np.cumsum(probs / probs.sum()))
-            return min(int(np.searchsorted(self._cached[1], self.rng.random(), side="right")), count - 1)
+            return draw_index(self._cached[1], self.rng)
         if self.recent_past > 0 and self.rng.random() < self.recent_past:
             return min(int(np.floor(self.rng.triangular(0, count, count))), count - 1)
         return int(self.rng.integers(count))
@@ -231,7 +242,6 @@ class UncertaintyChunkSampler(WeightedChunkSampler):
         self._ids: dict[str, int] = {}  # episode key -> replay_id, and back
         self._keys: list[str] = []
         self._pending: list = []  # (ids, scores) reports not applied yet
-        self._key = None
 
     def update_priorities(self, ids, scores) -> None:
         """Queues the surprise of the sequences of one batch: ids (B,), scores (B,) (tensors or arrays)."""
@@ -250,7 +260,7 @@ class UncertaintyChunkSampler(WeightedChunkSampler):
         if self._apply_pending() or self._cached[0] is not keys:
             probs = self.probabilities(keys)
             self._cached = (keys, np.cumsum(probs))
-        return min(int(np.searchsorted(self._cached[1], self.rng.random(), side="right")), len(keys) - 1)
+        return draw_index(self._cached[1], self.rng)
 
     def probabilities(self, keys: Sequence[str]) -> np.ndarray:
         """Sampling probability of each key: (priority + floor) ** alpha, normalised; unscored keys get
@@ -261,30 +271,14 @@ class UncertaintyChunkSampler(WeightedChunkSampler):
         weights = (values + self.floor) ** self.alpha
         return weights / weights.sum()
 
-    def _pick_episode(self):
-        for _ in range(64):
-            keys = self.store.keys()
-            if not keys:
-                break
-            key = keys[self._index(keys)]
-            try:
-                episode = self.store.get(key)
-            except KeyError:  # evicted meanwhile: draw again
-                continue
-            if len(episode["action"]) >= self.length:
-                self._key = key
-                return episode
-        return self._pick_long_enough()
-
-    def _pick_long_enough(self):
+    def _pick_fallback(self):
         """By priority among the episodes long enough for a chunk (when rejection keeps drawing short ones)."""
         while True:
             keys = [key for key in self.store.keys() if _length(self.store, key) + 1 >= self.length]
             if not keys:
                 raise EmptyReplayError(f"no stored episode has {self.length} steps to cut a chunk from; prefill "
                                        "the replay first or set replay.minlen >= dataset.length")
-            key = keys[min(int(np.searchsorted(np.cumsum(self.probabilities(keys)), self.rng.random(),
-                                               side="right")), len(keys) - 1)]
+            key = keys[draw_index(np.cumsum(self.probabilities(keys)), self.rng)]
             try:
                 episode = self.store.get(key)
             except KeyError:  # evicted meanwhile: draw again

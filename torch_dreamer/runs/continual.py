@@ -13,7 +13,6 @@ continues the same task at the same step; replay membership is restored by the s
 from __future__ import annotations
 
 import collections
-import json
 import shutil
 import threading
 
@@ -279,18 +278,12 @@ class ContinualRun:
 
     def _reload_curves(self) -> None:
         """A resumed run's evaluation curves so far, from its metrics.jsonl (partial lines skipped)."""
-        path = self.logdir / "metrics.jsonl"
-        if not path.exists():
+        if not (self.logdir / "metrics.jsonl").exists():
             return
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            step = row.get("step", 0) // max(int(self.config.action_repeat), 1)
-            for index in range(len(self.eval_tasks)):
-                if f"eval_success_{index}" in row and step <= self.counters["step"]:
-                    self.curves[index].append((step, float(row[f"eval_success_{index}"])))
+        curves = cl_metrics.read_curves(self.logdir, "success", len(self.eval_tasks), int(self.config.action_repeat))
+        for index, (steps, values) in enumerate(curves):
+            self.curves[index] += [(int(step), float(value)) for step, value in zip(steps, values)
+                                   if step <= self.counters["step"]]
 
     def boundaries(self) -> list[int]:
         edges = [0]

@@ -14,7 +14,6 @@ clipped to [0, 1] as Continual-Dreamer's notebook clips at 0).
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
@@ -84,12 +83,10 @@ def bootstrap(values, reps: int = 2000, seed: int = 0, level: float = 0.95) -> d
 def read_curves(logdir, metric: str, tasks: int, action_repeat: int = 1) -> list[Curve]:
     """Per eval task i, (env steps, values) of `eval_{metric}_{i}` in a run's metrics.jsonl (partial lines
     skipped; logged steps count frames, so they are divided by `action_repeat`)."""
+    from torch_dreamer.tools.scores import read_metrics
+
     points: list[list] = [[] for _ in range(tasks)]
-    for line in (pathlib.Path(logdir) / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
+    for row in read_metrics(pathlib.Path(logdir) / "metrics.jsonl"):
         for i in range(tasks):
             if f"eval_{metric}_{i}" in row:
                 points[i].append((row["step"] // max(action_repeat, 1), row[f"eval_{metric}_{i}"]))

@@ -9,11 +9,12 @@ is the first step at which `task` changes. Runs are the folders holding a `metri
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
+
+from torch_dreamer.tools.scores import read_metrics
 
 
 def metrics_files(indirs: list[str]) -> list[Path]:
@@ -24,16 +25,6 @@ def metrics_files(indirs: list[str]) -> list[Path]:
         elif indir.is_dir():
             files += sorted(indir.rglob("metrics.jsonl"))
     return files
-
-
-def read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def task_curves(rows: list[dict], xaxis: str, yaxis: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -64,7 +55,7 @@ def continual_panels(indirs: list[str], xaxis: str, yaxis: str) -> list:
 
     panels = []
     for path in metrics_files(indirs):
-        rows = read_rows(path)
+        rows = read_metrics(path)
         curves = task_curves(rows, xaxis, yaxis)
         if not curves:
             continue

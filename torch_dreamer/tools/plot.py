@@ -171,8 +171,7 @@ def draw_continual(args) -> int:
         outdir = Path(args.outdir)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
-            for suffix in ("png", "pdf"):
-                fig.savefig(outdir / f"continual.{suffix}", dpi=args.dpi)
+            save_figure(fig, outdir / "continual", args.dpi)
         except OSError as exc:
             raise UserError(f"--outdir {args.outdir}: {exc.strerror or exc}") from None
         print(f"Wrote {outdir / 'continual.png'} ({len(panels)} continual runs, one line per task)")
@@ -201,12 +200,16 @@ def _baseline_order(name: str):
 def write_outputs(outdir: Path, runs, chosen, baselines, rows, args) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     panels = task_panels(runs, chosen, args.agg) + extra_panels(runs, baselines, rows, args.add, args.agg)
-    fig = plot_curves(panels, args.cols, args.size, args.xlim, args.ylim)
-    for name in ("curves.png", "curves.pdf"):
-        fig.savefig(outdir / name, dpi=args.dpi)
+    save_figure(plot_curves(panels, args.cols, args.size, args.xlim, args.ylim), outdir / "curves", args.dpi)
     (outdir / "runs.json").write_text(json.dumps(runs_to_json(runs)))
     (outdir / "aggregates.json").write_text(json.dumps(_jsonable(rows), indent=1))
     print(f"\nwrote {outdir}/curves.png, curves.pdf, runs.json, aggregates.json ({len(panels)} panels)")
+
+
+def save_figure(fig, stem: Path, dpi: int) -> None:
+    """`stem`.png and `stem`.pdf."""
+    for suffix in ("png", "pdf"):
+        fig.savefig(stem.with_suffix(f".{suffix}"), dpi=dpi)
 
 
 def _jsonable(value):
