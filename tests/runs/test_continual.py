@@ -173,20 +173,28 @@ def test_a_resumed_sequence_continues_where_it_stopped(tmp_path, one_thread, mon
     assert max(r["step"] for r in rows if "eval_success_1" in r) == final["step"]
 
 
-def test_uncertainty_sampling_eval_skills_and_wandb_dir_run(tmp_path, one_thread):
+def test_uncertainty_sampling_eval_skills_and_wandb_dir_run(tmp_path, one_thread, capsys):
     """--uncertainty_sampling trains on surprise-weighted chunks (priorities reach the checkpoint),
-    --eval_skills evaluates MultiSkill too, --wandb_dir names wandb's folder and turns wandb on."""
+    --eval_skills evaluates MultiSkill too, --wandb_dir names wandb's folder and turns wandb on, and
+    --cl.reference adds forward transfer to the final summary."""
     from torch_dreamer.runs.continual_cli import build
 
+    reference = tmp_path / "ref"
+    for task in range(2):  # single-task runs that never succeed: forward transfer is then the run's own AUC
+        (reference / f"task_{task}").mkdir(parents=True)
+        (reference / f"task_{task}" / "metrics.jsonl").write_text(
+            "\n".join(json.dumps({"step": s, "eval_success_0": 0.0}) for s in (20, 40)) + "\n")
     flags = ["--cl", "--num_tasks=2", "--uncertainty_sampling", "--eval_skills", "--steps=40", "--tag=u",
-             f"--logdir={tmp_path}", f"--wandb_dir={tmp_path / 'wb'}", "--minlen=5"]
+             f"--logdir={tmp_path}", f"--wandb_dir={tmp_path / 'wb'}", "--minlen=5", "--cl.reference", str(reference)]
     config, evals = build("minigrid", flags + SHORT)
     assert config.replay.sampling == "uncertainty" and "wandb" in config.loggers
     assert config.wandb.dir == str(tmp_path / "wb") and evals[-1].endswith("MultiSkill-N2-v0")
     assert main(["continual", "minigrid", *flags, *SHORT]) == 0
-    logdir = next(p.parent for p in tmp_path.rglob("metrics.jsonl"))
+    logdir = next(tmp_path.glob("minigrid_u_*/metrics.jsonl")).parent  # not the reference runs
     logged = set().union(*(row.keys() for row in read_metrics(logdir)))
     assert {"eval_return_0", "eval_return_1", "eval_return_2"} <= logged  # task 2 = MultiSkill (eval only)
     priority = load_checkpoint(logdir / "checkpoint.pt")["sampler_state"]["priority"]
     assert priority and all(np.isfinite(v) and v >= 0 for v in priority.values())
     assert (tmp_path / "wb").is_dir()
+    finished = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Finished:")]
+    assert finished and "cl_forward_transfer" in finished[-1]

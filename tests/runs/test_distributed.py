@@ -135,6 +135,30 @@ def test_batch_must_divide_by_the_learners(tmp_path, capsys):
     assert "--dataset.batch 5 is the global batch and must divide by the 2 learners" in capsys.readouterr().err
 
 
+def test_gpus_beyond_those_visible_and_unknown_lr_scaling_are_one_line_errors(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    flags = ["--logdir", str(logdir), "--offline_dir", str(tmp_path), "--configs", "gym_vector"]
+    visible = torch.cuda.device_count()
+    assert main(["train", "--gpus", str(visible + 1), *flags]) == 2
+    assert f"--gpus {visible + 1} asked for, but PyTorch sees {visible} CUDA GPUs" in capsys.readouterr().err
+    assert main(["train", "--nproc", "2", "--lr_scaling", "cubic", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "lr_scaling" in err and "cubic" in err and len(err.strip().splitlines()) == 1
+    assert not logdir.exists()  # refused before anything was written
+
+
+def test_lr_scaling_multiplies_every_learning_rate():
+    from torch_dreamer.runs.distributed import scale_learning_rates
+
+    config = resolve(["gym_vector"], ["--lr_scaling", "linear"])
+    scaled = scale_learning_rates(config, 4)
+    keys = [key for key in config.flat if key.endswith("_opt.lr")]
+    assert len(keys) >= 3 and all(scaled.flat[k] == pytest.approx(4 * config.flat[k]) for k in keys)
+    root = scale_learning_rates(config.update({"lr_scaling": "sqrt"}), 4)
+    assert all(root.flat[k] == pytest.approx(2 * config.flat[k]) for k in keys)
+    assert scale_learning_rates(config.update({"lr_scaling": "none"}), 4).flat["model_opt.lr"] == config.flat["model_opt.lr"]
+
+
 def test_two_ranks_train_checkpoint_and_resume_on_one_and_two(tmp_path, capfd, make_official_episodes):
     data = make_official_episodes(tmp_path / "episodes", count=6, length=30)
     logdir = tmp_path / "run"

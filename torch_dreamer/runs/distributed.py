@@ -48,7 +48,6 @@ from torch_dreamer.runs.workers import actor_specs, make_pool
 from torch_dreamer.tools.files import join
 from torch_dreamer.tools.logger import Progress
 
-LR_SCALINGS = ("none", "linear", "sqrt")
 MAX_PLAN_UPDATES = 8  # updates per broadcast plan with actors: fewer syncs, at most this much past the target
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # the leader may checkpoint a large model meanwhile
 PLAN_KEYS = ("updates", "step", "refresh", "build", "stop")
@@ -132,9 +131,8 @@ def _wait(process: subprocess.Popen) -> int:
 # ----- config -----
 
 def check_config(config, world: int) -> None:
-    """One line for a config data-parallel learners cannot run."""
-    if str(config.lr_scaling) not in LR_SCALINGS:
-        raise UserError(f"--lr_scaling must be one of {', '.join(LR_SCALINGS)}, not '{config.lr_scaling}'")
+    """One line for a config data-parallel learners cannot run (`lr_scaling` is among the choices
+    `setup.validate_run_keys` checks before this)."""
     if world <= 1:
         return
     if config.dataset.batch % world:
