@@ -47,6 +47,18 @@ def test_onehot_sample_frequencies_match_probs():
     assert freq.tolist() == pytest.approx([0.1, 0.6, 0.3], abs=0.015)
 
 
+def test_onehot_sample_never_draws_a_zero_probability_class():
+    # Leading, inner and trailing zero-probability classes, batched over a (4, 3) shape as the latents are.
+    torch.manual_seed(0)
+    probs = torch.tensor([0.0, 0.25, 0.0, 0.75, 0.0])
+    dist = dists.OneHotDist(probs=probs.expand(4, 3, 5))
+    samples = dist.sample((5000,)).detach()
+    assert samples.shape == (5000, 4, 3, 5) and torch.allclose(samples.sum(-1), torch.ones(()))
+    freq = samples.reshape(-1, 5).round().mean(0)  # the straight-through sum onehot + p - p is 1 within rounding
+    assert freq[[0, 2, 4]].tolist() == [0.0, 0.0, 0.0]
+    assert freq[[1, 3]].tolist() == pytest.approx([0.25, 0.75], abs=0.01)
+
+
 def test_onehot_mode_is_argmax():
     mode = dists.mode(dists.OneHotDist(logits=torch.tensor([[0.0, 2.0, 1.0], [3.0, -1.0, 0.0]])))
     assert mode.tolist() == [pytest.approx([0.0, 1.0, 0.0], abs=1e-6), pytest.approx([1.0, 0.0, 0.0], abs=1e-6)]

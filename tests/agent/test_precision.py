@@ -1,4 +1,4 @@
-"""bf16 kept in one dtype through the scan, channels_last convolutions under bf16, TF32 and cuDNN autotuning on
+"""bf16 kept in one dtype through the scan, channels_last convolutions, TF32 and cuDNN autotuning on
 CUDA unless --deterministic (issue 12)."""
 
 import collections
@@ -50,9 +50,9 @@ def test_fp32_scan_has_no_casts():
     assert post["deter"].dtype == torch.float32 and ops["aten._to_copy.default"] == 1  # is_first -> keep, once
 
 
-def test_channels_last_convolutions_under_bf16_only():
+def test_channels_last_convolutions_in_every_precision():
     space = {"image": ((64, 64, 3), "uint8")}
-    for precision, expected in (("bf16", True), ("32", False)):
+    for precision, expected in (("bf16", True), ("32", True)):
         agent = Agent(tiny_config("--precision", precision), space, 3, True)
         conv = agent.wm.encoder.cnn[0].weight
         deconv = agent.wm.heads["decoder"].cnn[3].weight  # the second transposed conv

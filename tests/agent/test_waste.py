@@ -1,6 +1,7 @@
 """Work the update and the policy step no longer do, pinned to the result of doing it (issue 12): one
 log-softmax per latent distribution, no masking of statistics in the scan, no prior sample in observe or
-in the policy, no actor forward for the start action, one slow-critic forward, one encoder pass."""
+in the policy, no actor forward for the start action, one slow-critic forward, one encoder pass, one actor
+trunk forward per imagined step (the loss reuses imagination's)."""
 
 import torch
 
@@ -75,6 +76,37 @@ def test_imagine_calls_the_actor_once_per_step():
     seq = agent.wm.imagine(policy, post, None, horizon=3)
     assert len(calls) == 3
     assert torch.equal(seq["action"][0], torch.zeros(8, 3))
+
+
+def _actor_grads(ac, seq, target):
+    ac.actor.zero_grad()
+    loss, metrics = ac.actor_loss(seq, target)
+    loss.backward(retain_graph=True)  # dynamics: both losses reach the same imagined rollout
+    return loss.detach(), metrics["actor_ent"], [p.grad.clone() for p in ac.actor.parameters()]
+
+
+def test_actor_loss_reuses_imagination_trunk_and_equals_a_second_forward():
+    for actor_grad, discrete in (("reinforce", True), ("dynamics", False), ("both", True)):
+        torch.manual_seed(0)
+        agent = Agent(tiny_config(*VECTOR, "--actor_grad", actor_grad), {"vector": ((5,), "float32")}, 3, discrete)
+        ac = agent.task_behavior
+        trunk_calls = []
+        ac.actor.trunk.register_forward_hook(lambda module, args, out: trunk_calls.append(args[0].shape))
+        agent.train_step(make_batch(image=None, vector=5))
+        assert len(trunk_calls) == agent.config.imag_horizon  # one per imagined step, none in the loss
+        _, post, _, _ = agent.wm.loss(make_batch(image=None, vector=5, seed=1))
+        with torch.set_grad_enabled(actor_grad != "reinforce"):  # as ActorCritic.train_step
+            seq = agent.wm.imagine(ac.actor, post, None, 4)
+        assert seq["actor_hidden"].shape[:2] == (4, seq["feat"].shape[1]) and seq["actor_hidden"].requires_grad
+        seq["reward"] = torch.randn(seq["feat"].shape[:-1])
+        target, _ = ac.target(seq)
+        fresh = _actor_grads(ac, {k: v for k, v in seq.items() if k != "actor_hidden"}, target)
+        reused = _actor_grads(ac, seq, target)
+        for a, b in zip(reused[:2], fresh[:2]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(reused[2], fresh[2]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert any(g.abs().sum() > 0 for g in reused[2])
 
 
 def test_one_slow_critic_forward_per_update_and_the_same_baseline():

@@ -91,7 +91,11 @@ class Actor(MLP):
         self.trunc_grad = trunc_grad
 
     def forward(self, x):
-        dist = super().forward(x)
+        return self.dist(self.trunk(x))
+
+    def dist(self, hidden):
+        """The action distribution from the last hidden layer, `trunk(feat)` (which imagination keeps)."""
+        dist = self.head(hidden)
         base = getattr(dist, "base_dist", dist)
         if isinstance(base, dists.TruncNormalDist):
             base.grad = self.trunc_grad
@@ -165,7 +169,10 @@ class ActorCritic(nn.Module):
         slow_value: `slow_value(seq)`, reused as the reinforce baseline when that is the slow critic (one
         forward of the same network on the same features instead of two)."""
         metrics = {}
-        policy = self.actor(seq["feat"][:-2].detach())
+        # Imagination ran the actor on feat[:-1] already and kept its last hidden layer with autograd: the same
+        # network on the same features, so the loss reuses it instead of a second trunk forward.
+        hidden = seq.get("actor_hidden")
+        policy = self.actor(seq["feat"][:-2].detach()) if hidden is None else self.actor.dist(hidden[:-1])
         if self.actor_grad == "dynamics":
             objective = target[1:]
         elif self.actor_grad in ("reinforce", "both"):
