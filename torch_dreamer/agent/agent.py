@@ -11,6 +11,7 @@ from torch import nn
 from torch_dreamer.agent import compile as compile_lib
 from torch_dreamer.agent import dists
 from torch_dreamer.agent.behavior import ActorCritic
+from torch_dreamer.agent.graph import CapturedUpdate
 from torch_dreamer.agent.optim import Optimizer
 from torch_dreamer.agent.world_model import WorldModel
 from torch_dreamer.errors import UserError
@@ -33,6 +34,7 @@ class Agent(nn.Module):
         self.expl_behavior = self._make_expl_behavior()
         self.step = 0  # environment steps, for schedules; set by the run loop
         self._compiled = None  # what `--compile` compiled, decided at the first call (when the device is known)
+        self._captured = None  # the CUDA-graph update of `--compile graph`
 
     def _make_expl_behavior(self):
         from torch_dreamer.agent import expl  # exploration lives in its own module
@@ -45,8 +47,13 @@ class Agent(nn.Module):
         return expl.make(name, self)
 
     def _compile(self) -> list:
-        """Compiles what `--compile` (or `--jit True`) asks for on this device; [] when running eagerly."""
-        if compile_lib.resolve(self.config, self.device.type, conv=bool(self.wm.encoder.cnn_keys)) == "none":
+        """Compiles what `--compile` (or `--jit True`) asks for on this device; [] when running eagerly or when
+        the update is captured in a CUDA graph (`graph`, `self._captured`)."""
+        mode = compile_lib.resolve(self.config, self.device.type, conv=bool(self.wm.encoder.cnn_keys))
+        if mode == "graph":
+            compile_lib.check_single_process()
+            self._captured = CapturedUpdate(self._train_step, self.device)
+        if mode in ("none", "graph"):
             return []
         return compile_lib.compile_steps([(self.wm.rssm, "obs_cell"), (self.wm, "imagine_step")])
 
@@ -139,7 +146,10 @@ class Agent(nn.Module):
         except with `sequence_scores`: then `metrics["sequence_kl"]` (B,) is each sequence's mean KL between
         posterior and prior (the model's surprise), which uncertainty sampling uses as replay priority.
         """
-        return self._run(self._train_step, data, state, sequence_scores)
+        return self._run(self._update, data, state, sequence_scores)
+
+    def _update(self, data: dict, state: dict | None, sequence_scores: bool):
+        return (self._captured or self._train_step)(data, state, sequence_scores)
 
     def _train_step(self, data: dict, state: dict | None, sequence_scores: bool = False) -> tuple[dict, dict]:
         self.task_behavior.step = self.step

@@ -117,14 +117,21 @@ class ActorCritic(nn.Module):
         self.rewnorm = StreamNorm(**config.reward_norm)
         self.actor_opt = Optimizer(prefix + "actor", self.actor.parameters(), **config.actor_opt, precision=config.precision)
         self.critic_opt = Optimizer(prefix + "critic", self.critic.parameters(), **config.critic_opt, precision=config.precision)
-        self.updates = 0  # a Python int so the copy schedule needs no device sync; saved as extra state
+        # Counted on the device, so the slow critic's copy schedule needs neither a host sync nor a Python branch
+        # (a captured update replays it, `--compile graph`); saved as extra state.
+        self.register_buffer("update_count", torch.zeros((), dtype=torch.int64), persistent=False)
         self.step = 0  # environment step for schedules, set by the agent
+
+    @property
+    def updates(self) -> int:
+        """Updates so far; reading it waits for the device."""
+        return int(self.update_count)
 
     def get_extra_state(self):
         return {"updates": self.updates}
 
     def set_extra_state(self, state):
-        self.updates = int(state["updates"])
+        self.update_count.fill_(int(state["updates"]))
 
     @property
     def slow_critic(self):
@@ -209,11 +216,15 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def update_slow_target(self):
-        """Hard copy at update 0, then every `slow_target_update` updates mix by `slow_target_fraction`."""
+        """Hard copy at update 0, then every `slow_target_update` updates mix by `slow_target_fraction`.
+
+        The mix is computed on the device, 0 between copies: lerp by 0 keeps the target and by 1 copies the
+        critic exactly (torch's lerp computes end - (end - start) * (1 - w) for w >= 0.5)."""
         if self.config.slow_target:
-            updates = self.updates
-            if updates % self.config.slow_target_update == 0:
-                mix = 1.0 if updates == 0 else float(self.config.slow_target_fraction)
-                for s, d in zip(self.critic.parameters(), self.target_critic.parameters()):
-                    d.mul_(1 - mix).add_(mix * s)
-        self.updates += 1
+            count = self.update_count
+            mix = torch.where(count == 0, 1.0, float(self.config.slow_target_fraction))
+            mix = mix * (count % int(self.config.slow_target_update) == 0)
+            targets = list(self.target_critic.parameters())
+            # The weight as a list of tensors: a lone 0-dim tensor would bind to the number overload via .item().
+            torch._foreach_lerp_(targets, list(self.critic.parameters()), [mix] * len(targets))
+        self.update_count.add_(1)

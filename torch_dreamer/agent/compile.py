@@ -5,9 +5,12 @@
   (`WorldModel.imagine_step`: actor, sample, prior, features) each compiled as one whole function, so a scan
   step is a few fused kernels instead of dozens of small ones. Every call inside a run has the same shapes, so
   each compiles once per kind of call (with / without autograd, training / acting) and never again.
-- graph: the whole update captured in CUDA graphs. Not available yet (a one-line error says so).
+- graph: the whole update captured in one CUDA graph and replayed (`agent/graph.py`); the policy runs eagerly.
+  CUDA only, one learner process, constant schedules.
 - auto: step on CUDA; on the CPU step only for small vector-input networks, where it measured faster (per-op
   overhead dominates), eager for the conv/matmul-bound image models (no measured gain, minutes of compilation).
+  auto does not pick graph yet: graph has not run on a GPU in this project's tests (no GPU was lent), and a
+  default has to be measured first.
 
 `jit True` is the old spelling of `step`. The compiled functions are stored on their modules under the method's
 name, so callers pick them up unchanged and checkpoints keep their keys.
@@ -52,9 +55,30 @@ def resolve(config, device_type: str, conv: bool = False) -> str:
         if device_type != "cuda":
             raise UserError("--compile graph captures the update in CUDA graphs and needs a CUDA device; "
                             "on the CPU use --compile step or auto")
-        raise UserError("--compile graph (CUDA-graph capture of the whole update) is not available yet; "
-                        "use --compile step")
+        for key in SCHEDULED:
+            if not _constant(option(config, key, 0.0)):
+                raise UserError(f"--compile graph replays the values captured at its first update, so {key} must "
+                                f"be a constant, not '{config[key]}'; use --compile step for scheduled values")
     return name
+
+
+SCHEDULED = ("actor_ent", "actor_grad_mix", "expl_intr_scale", "expl_extr_scale")  # read through behavior.schedule
+
+
+def _constant(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def check_single_process() -> None:
+    """`--compile graph` captures one process's update; data-parallel learners all-reduce from autograd hooks."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise UserError("--compile graph runs in one learner process; with --nproc/--gpus use --compile step")
 
 
 def is_compiler_error(error: Exception) -> bool:

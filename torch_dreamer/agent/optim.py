@@ -49,7 +49,9 @@ class Optimizer:
         self._step(finite)
         self.scaler.update()  # reads the inf check unscale_ recorded: a skipped fp16 step lowers the scale
         skipped = (~finite).float()
-        self._streak = skipped if self._streak is None else (self._streak + 1) * skipped
+        if self._streak is None:
+            self._streak = torch.zeros((), device=norm.device)
+        self._streak.add_(1).mul_(skipped)  # in place: a captured update (--compile graph) replays into it
         metrics = {f"{self.name}_loss": loss.detach().float(), f"{self.name}_grad_norm": norm.detach().float(),
                    f"{self.name}_nonfinite": skipped}
         if self.scaler.is_enabled():
@@ -75,8 +77,15 @@ class Optimizer:
         # A skipped update may carry inf/nan gradients: zero them (in place) so the gated arithmetic stays finite.
         skipped = ~finite
         grads = [p.grad.masked_fill_(skipped, 0.0) for p in params]
-        torch._foreach_add_(steps, gate)
-        torch._foreach_lerp_(exp_avgs, grads, (1 - beta1) * gate)              # m += (1 - b1)(g - m)
+        # A 0-dim tensor passed where torch's foreach add_/lerp_ also take a Python number binds to the number
+        # overload through .item(), a host sync: the step counts take the gate as a list, and the first moment
+        # m += (1 - b1) gate (g - m) goes through the scratch buffer with mul_'s tensor overload.
+        torch._foreach_add_(steps, [gate] * len(steps))
+        scratch = self._scratch(params)
+        torch._foreach_copy_(scratch, grads)
+        torch._foreach_sub_(scratch, exp_avgs)
+        torch._foreach_mul_(scratch, (1 - beta1) * gate)
+        torch._foreach_add_(exp_avgs, scratch)
         # v = b2 v + (1 - b2) g^2, with b2 -> 1 (and g = 0) when skipped
         torch._foreach_mul_(exp_avg_sqs, torch.where(finite, beta2, 1.0))
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
@@ -93,7 +102,7 @@ class Optimizer:
         torch._foreach_mul_(correction2, -self.lr * gate)                       # alpha, 0 when skipped
         # p -= alpha m / (sqrt(v) + eps), as p + m / ((sqrt(v) + eps) / -alpha): in place in a kept buffer, since
         # fresh model-sized tensors cost more than the arithmetic on the CPU. Skipped: m / inf adds 0 exactly.
-        denom = self._scratch(params)
+        denom = scratch
         torch._foreach_copy_(denom, exp_avg_sqs)
         torch._foreach_sqrt_(denom)
         torch._foreach_add_(denom, self.eps)
