@@ -15,6 +15,7 @@ from torch_dreamer.agent.agent import Agent
 from torch_dreamer.agent.grad_sync import GradSync
 from torch_dreamer.cli import main
 from torch_dreamer.config import resolve
+from torch_dreamer.errors import UserError
 from torch_dreamer.runs.checkpoint import load_checkpoint
 from torch_dreamer.runs.distributed import broadcast_state
 from tests.runs.conftest import TINY, read_metrics
@@ -144,6 +145,21 @@ def test_gpus_beyond_those_visible_and_unknown_lr_scaling_are_one_line_errors(tm
     assert main(["train", "--nproc", "2", "--lr_scaling", "cubic", *flags]) == 2
     err = capsys.readouterr().err
     assert "lr_scaling" in err and "cubic" in err and len(err.strip().splitlines()) == 1
+    assert not logdir.exists()  # refused before anything was written
+
+
+def test_compile_graph_is_refused_on_a_cpu_and_with_several_learners(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    flags = ["--logdir", str(logdir), "--offline_dir", str(tmp_path), "--configs", "gym_vector", "--compile", "graph"]
+    from torch_dreamer.runs.distributed import check_config
+
+    with pytest.raises(UserError, match="--compile graph runs in one learner process"):
+        check_config(resolve(["gym_vector"], ["--compile", "graph", "--workers", "1"]), 2)
+    check_config(resolve(["gym_vector"], ["--compile", "graph", "--workers", "1"]), 1)
+    if not torch.cuda.is_available():
+        assert main(["train", *flags, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "needs a CUDA device" in err and len(err.strip().splitlines()) == 1
     assert not logdir.exists()  # refused before anything was written
 
 

@@ -51,7 +51,7 @@ class Agent(nn.Module):
         the update is captured in a CUDA graph (`graph`, `self._captured`)."""
         mode = compile_lib.resolve(self.config, self.device.type, conv=bool(self.wm.encoder.cnn_keys))
         if mode == "graph":
-            compile_lib.check_single_process()
+            compile_lib.check_single_process(self.config)
             self._captured = CapturedUpdate(self._train_step, self.device)
         if mode in ("none", "graph"):
             return []

@@ -73,12 +73,18 @@ def _constant(value) -> bool:
         return False
 
 
-def check_single_process() -> None:
+def check_processes(config, world: int) -> None:
     """`--compile graph` captures one process's update; data-parallel learners all-reduce from autograd hooks."""
+    if world > 1 and str(option(config, "compile", "none")).strip().lower() == "graph":
+        raise UserError("--compile graph runs in one learner process; with --nproc/--gpus use --compile step")
+
+
+def check_single_process(config) -> None:
+    """`check_processes` for the process group this process is in (under a plain torchrun)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise UserError("--compile graph runs in one learner process; with --nproc/--gpus use --compile step")
+    if dist.is_available() and dist.is_initialized():
+        check_processes(config, dist.get_world_size())
 
 
 def is_compiler_error(error: Exception) -> bool:

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from torch_dreamer.data import EpisodeStore
+from torch_dreamer.agent import compile as compile_lib
 from torch_dreamer.errors import UserError
 from torch_dreamer.runs import setup
 from torch_dreamer.runs.learner import Learner, NonFiniteStop, Rate, _set_sampler_rng, episode_spec, make_sampler, make_storage
@@ -145,6 +146,7 @@ def check_config(config, world: int) -> None:
     if str(config.device).startswith("cuda:"):
         raise UserError(f"--device {config.device} names one GPU, but each learner takes its own (cuda:LOCAL_RANK); "
                         "use --device cuda or auto")
+    compile_lib.check_processes(config, world)
 
 
 def lr_factor(scaling: str, world: int) -> float:

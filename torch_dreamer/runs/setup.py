@@ -49,6 +49,9 @@ def validate_run_keys(config) -> None:
             raise UserError(f"--{key} must be > 0, got {flat[key]}")
     if config.offline_dir and (config.workers or config.eval_workers or config.learner_only):
         raise UserError("--offline_dir trains from a fixed dataset; drop --workers/--eval_workers/--learner_only")
+    from torch_dreamer.agent import compile as compile_lib
+
+    compile_lib.resolve(config, resolve_device(str(config.device)).type)  # --compile graph on a CPU, etc.
 
 
 def prepare_logdir(config) -> tuple[pathlib.Path, LogdirLock]:
