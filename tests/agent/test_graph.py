@@ -1,5 +1,5 @@
-"""--compile graph (issue 12): the update is capture-ready, checked on the CPU by tracing two consecutive eager
-updates op by op, and (where a GPU exists) the captured update equals the eager one.
+"""--compile graph (issue 12): the update and the policy step are capture-ready, checked on the CPU by tracing two
+consecutive eager calls op by op, and (where a GPU exists) the captured calls equal the eager ones.
 
 A CUDA graph replays the kernels, arguments and memory of the call it captured. So a captured update equals the
 eager one exactly when consecutive eager updates (a) never wait for the device (no host sync, no data-dependent
@@ -7,6 +7,7 @@ shape), (b) run the same ops with the same non-tensor arguments, and (c) read th
 in place rather than replaced by new ones (a replaced tensor would be read at its captured address forever).
 """
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -108,13 +109,35 @@ def test_the_trace_catches_a_replaced_counter_and_a_host_sync():
     assert "aten.is_nonzero.default" in first.syncs or "aten._local_scalar_dense.default" in first.syncs
 
 
+def test_consecutive_policy_steps_are_the_same_ops_on_the_same_state_without_host_syncs():
+    for mode, discrete in (("train", True), ("eval", True), ("train", False)):
+        torch.manual_seed(0)
+        agent = Agent(tiny_config(*VECTOR), {"vector": ((5,), "float32")}, 3, discrete)
+        obs = {"vector": torch.randn(4, 5), "is_first": torch.zeros(4, dtype=torch.bool)}
+        _, state = agent.policy(obs, None, mode)
+        agent.policy(obs, state, mode)
+        traces = []
+        for _ in range(2):
+            with Trace() as trace:
+                action, _ = agent.policy(obs, state, mode)
+            traces.append(trace)
+        first, second = traces
+        assert first.syncs == [] and second.syncs == [], mode
+        assert len(first.ops) > 30 and first.ops == second.ops and first.external == second.external
+        if discrete:
+            assert torch.equal(action.sum(-1), torch.ones(4)) and set(action.unique().tolist()) <= {0.0, 1.0}
+
+
 def test_signature_separates_what_a_graph_is_specific_to():
     data = make_batch(image=None, vector=5)
-    base = graph_lib.signature(data, None, False)
-    assert graph_lib.signature(make_batch(image=None, vector=5, seed=1), None, False) == base  # values don't matter
-    assert graph_lib.signature(make_batch(T=5, image=None, vector=5), None, False) != base
-    assert graph_lib.signature(data, {"deter": torch.zeros(2, 16)}, False) != base
-    assert graph_lib.signature(data, None, True) != base
+    base = graph_lib.signature((data, None, False))
+    assert graph_lib.signature((make_batch(image=None, vector=5, seed=1), None, False)) == base  # values don't matter
+    assert graph_lib.signature((make_batch(T=5, image=None, vector=5), None, False)) != base
+    assert graph_lib.signature((data, {"deter": torch.zeros(2, 16)}, False)) != base
+    assert graph_lib.signature((data, None, True)) != base
+    obs = {"vector": np.zeros((4, 5), np.float32), "is_first": np.zeros(4, bool)}
+    assert graph_lib.signature((obs, None, "train")) != graph_lib.signature((obs, None, "eval"))
+    assert graph_lib.signature((obs, None, "train")) == graph_lib.signature(({k: torch.as_tensor(v) for k, v in obs.items()}, None, "train"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -135,7 +158,7 @@ def test_captured_update_equals_the_eager_update_on_cuda():
             data = {k: v.cuda() for k, v in make_batch(seed=seed).items()}
             metrics.append(agent.train_step(data)[1])
         results[mode] = (metrics, agent.state_dict())
-    assert agents["graph"]._captured is not None and len(agents["graph"]._captured.graphs) == 1
+    assert agents["graph"]._captured is not None and len(agents["graph"]._captured[0].graphs) == 1
     (eager_metrics, eager_state), (graph_metrics, graph_state) = results["none"], results["graph"]
     for key, value in eager_state.items():
         if torch.is_tensor(value) and value.is_floating_point():
@@ -143,3 +166,14 @@ def test_captured_update_equals_the_eager_update_on_cuda():
     for eager, graphed in zip(eager_metrics, graph_metrics):
         for key in ("model_loss", "actor_loss", "critic_loss"):
             torch.testing.assert_close(graphed[key], eager[key], rtol=1e-4, atol=1e-5)
+    # The policy step: eval mode (no sampling) on the same weights acts the same, replayed or eager.
+    obs = {"image": torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, device="cuda"),
+           "is_first": torch.zeros(4, dtype=torch.bool, device="cuda")}
+    agents["graph"].load_state_dict(agents["none"].state_dict())
+    states = {mode: None for mode in agents}
+    for _ in range(graph_lib.WARMUP + 3):
+        actions = {}
+        for mode, agent in agents.items():
+            actions[mode], states[mode] = agent.policy(obs, states[mode], "eval")
+        torch.testing.assert_close(actions["graph"], actions["none"])
+    assert len(agents["graph"]._captured[1].graphs) == 2  # the first step (no state) and the later ones

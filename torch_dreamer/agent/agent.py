@@ -11,7 +11,7 @@ from torch import nn
 from torch_dreamer.agent import compile as compile_lib
 from torch_dreamer.agent import dists
 from torch_dreamer.agent.behavior import ActorCritic
-from torch_dreamer.agent.graph import CapturedUpdate
+from torch_dreamer.agent.graph import Captured
 from torch_dreamer.agent.optim import Optimizer
 from torch_dreamer.agent.world_model import WorldModel
 from torch_dreamer.errors import UserError
@@ -34,7 +34,7 @@ class Agent(nn.Module):
         self.expl_behavior = self._make_expl_behavior()
         self.step = 0  # environment steps, for schedules; set by the run loop
         self._compiled = None  # what `--compile` compiled, decided at the first call (when the device is known)
-        self._captured = None  # the CUDA-graph update of `--compile graph`
+        self._captured = None  # `--compile graph`: the update and the policy step as CUDA-graph replays
 
     def _make_expl_behavior(self):
         from torch_dreamer.agent import expl  # exploration lives in its own module
@@ -52,7 +52,7 @@ class Agent(nn.Module):
         mode = compile_lib.resolve(self.config, self.device.type, conv=bool(self.wm.encoder.cnn_keys))
         if mode == "graph":
             compile_lib.check_single_process(self.config)
-            self._captured = CapturedUpdate(self._train_step, self.device)
+            self._captured = Captured(self._train_step, self.device), Captured(self._policy, self.device)
         if mode in ("none", "graph"):
             return []
         return compile_lib.compile_steps([(self.wm.rssm, "obs_cell"), (self.wm, "imagine_step")])
@@ -86,12 +86,16 @@ class Agent(nn.Module):
         if not isinstance(obs, dict) or "is_first" not in obs:
             raise UserError("agent.policy takes batched observations in the agent's keys plus 'is_first' (B,); "
                             "for raw env observations use torch_dreamer.api.EnvPolicy(agent, env)")
-        return self._run(self._policy, obs, state, mode)
+        # Only what the encoder reads reaches the device (Crafter alone carries 23 `log_*` keys).
+        obs = {k: obs[k] for k in self._policy_keys()}
+        return self._run(self._act, obs, state, mode)
+
+    def _act(self, obs: dict, state, mode: str):
+        return (self._captured[1] if self._captured else self._policy)(obs, state, mode)
 
     @torch.no_grad()
     def _policy(self, obs: dict, state, mode: str):
-        # Only what the encoder reads reaches the device (Crafter alone carries 23 `log_*` keys).
-        obs = {k: torch.as_tensor(obs[k], device=self.device) for k in self._policy_keys()}
+        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         batch = obs["is_first"].shape[0]
         if state is None:
             state = (self.wm.rssm.initial(batch, self.device), torch.zeros(batch, self.act_dim, device=self.device))
@@ -114,7 +118,7 @@ class Agent(nn.Module):
                 raise ValueError(f"policy mode must be train, eval or explore, not '{mode}'")
         action = self._action_noise(action.float(), noise)
         if self.discrete:  # drop the straight-through round-off (onehot + p - p) from acted actions
-            action = torch.nn.functional.one_hot(action.argmax(-1), self.act_dim).float()
+            action = dists.onehot_like(action.argmax(-1), action)  # F.one_hot would check the range with a host sync
         return action, (latent, action)
 
     def _policy_keys(self) -> list:
@@ -149,7 +153,7 @@ class Agent(nn.Module):
         return self._run(self._update, data, state, sequence_scores)
 
     def _update(self, data: dict, state: dict | None, sequence_scores: bool):
-        return (self._captured or self._train_step)(data, state, sequence_scores)
+        return (self._captured[0] if self._captured else self._train_step)(data, state, sequence_scores)
 
     def _train_step(self, data: dict, state: dict | None, sequence_scores: bool = False) -> tuple[dict, dict]:
         self.task_behavior.step = self.step

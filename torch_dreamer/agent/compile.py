@@ -5,7 +5,7 @@
   (`WorldModel.imagine_step`: actor, sample, prior, features) each compiled as one whole function, so a scan
   step is a few fused kernels instead of dozens of small ones. Every call inside a run has the same shapes, so
   each compiles once per kind of call (with / without autograd, training / acting) and never again.
-- graph: the whole update captured in one CUDA graph and replayed (`agent/graph.py`); the policy runs eagerly.
+- graph: the whole update captured in one CUDA graph and replayed (`agent/graph.py`), the policy step in another.
   CUDA only, one learner process, constant schedules.
 - auto: step on CUDA; on the CPU step only for small vector-input networks, where it measured faster (per-op
   overhead dominates), eager for the conv/matmul-bound image models (no measured gain, minutes of compilation).

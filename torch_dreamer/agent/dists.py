@@ -51,7 +51,7 @@ class OneHotDist:
         cdf = probs.cumsum(-1)
         u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
         index = (cdf <= u).sum(-1).clamp_max(probs.shape[-1] - 1)
-        onehot = _onehot(index, probs)
+        onehot = onehot_like(index, probs)
         probs = self.probs.expand_as(onehot)
         return onehot + probs - probs.detach()
 
@@ -59,7 +59,7 @@ class OneHotDist:
 
     @property
     def mode(self):
-        onehot = _onehot(self.logits.argmax(-1), self.logits)
+        onehot = onehot_like(self.logits.argmax(-1), self.logits)
         return onehot + self.probs - self.probs.detach()
 
     @property
@@ -75,7 +75,7 @@ class OneHotDist:
         return self._sum(-(self.probs * self.logits).sum(-1))
 
 
-def _onehot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def onehot_like(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """One-hot rows of `index` in the shape and dtype of `like`, written directly (F.one_hot makes int64 to cast)."""
     return torch.zeros_like(like, memory_format=torch.contiguous_format).scatter_(-1, index.unsqueeze(-1), 1.0)
 

@@ -1,11 +1,13 @@
-"""`--compile graph`: the whole update (world model, probes, actor-critic, exploration) captured in a CUDA graph.
+"""`--compile graph`: the whole update (world model, probes, actor-critic, exploration) and the policy step
+captured in CUDA graphs.
 
 A CUDA graph records the kernels of one call and replays them with one launch, so the thousands of kernel launches
 of an update (issue 12: ~6,400 at the Atari config) stop costing host time. A replay reads and writes exactly the
 memory the capture did, so:
 
-- the batch (and a carried state) is copied into static input buffers before each replay, and the outputs (the
-  metrics, the last posterior) are cloned out after it, since the next replay overwrites them;
+- the inputs (the batch and a carried state; the observations and the policy state) are copied into static
+  buffers before each replay, and the outputs (metrics, the last posterior; actions and the new policy state)
+  are cloned out after it, since the next replay overwrites them;
 - everything the update keeps between calls is updated in place: parameters, optimiser moments and step counts,
   the non-finite streak, the loss scale, the slow critic and its update counter (`ActorCritic.update_count`);
 - the update makes no host sync and takes no Python branch that differs between calls.
@@ -15,71 +17,75 @@ What would change between calls is refused when the mode is resolved (`compile.r
 constant, data-parallel learners (their all-reduce hooks), a device other than CUDA. The first `WARMUP` updates run
 eagerly on a side stream (they create the optimiser state and let cuDNN/cuBLAS pick kernels), the next one is
 captured and replayed: every batch is trained on exactly once, as in eager mode. A new input signature (another
-batch shape, a carried state) captures its own graph.
+batch shape, a carried state, another policy mode or number of envs) captures its own graph.
 """
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import torch
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 WARMUP = 2
 
 
-def signature(data: dict, state: dict | None, sequence_scores: bool) -> tuple:
-    """What a captured graph is specific to: the shapes and dtypes of its inputs and its flags."""
-    shapes = lambda d: tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in d.items()))
-    return shapes(data), None if state is None else shapes(state), bool(sequence_scores)
+def signature(inputs) -> tuple:
+    """What a captured graph is specific to: the structure of its inputs, the shapes and dtypes of their arrays
+    and the values of everything else (flags, modes)."""
+    leaves, spec = tree_flatten(inputs)
+    return str(spec), tuple((tuple(x.shape), torch.as_tensor(x).dtype) if _is_array(x) else ("value", x)
+                            for x in leaves)
 
 
-class CapturedUpdate:
-    """Wraps `step(data, state, sequence_scores) -> (last, metrics)` (`Agent._train_step`) as a CUDA-graph replay."""
+class Captured:
+    """`fn(*inputs)` (tensors or arrays nested in dicts/tuples, plus constants) replayed from CUDA graphs."""
 
-    def __init__(self, step, device: torch.device):
-        self.step, self.device = step, device
-        self.graphs: dict = {}  # signature -> (graph, static inputs (data, state), static outputs (last, metrics))
+    def __init__(self, fn, device: torch.device):
+        self.fn, self.device = fn, device
+        self.graphs: dict = {}  # signature -> (graph, static input leaves, static outputs)
         self.calls = 0
         self.capture_seconds = 0.0
 
-    def __call__(self, data: dict, state: dict | None, sequence_scores: bool = False):
-        key = signature(data, state, sequence_scores)
+    def __call__(self, *inputs):
+        key = signature(inputs)
         if key not in self.graphs:
             if self.calls < WARMUP:
                 self.calls += 1
-                return self._warmup(data, state, sequence_scores)
-            self.graphs[key] = self._capture(data, state, sequence_scores)
-        graph, (static_data, static_state), outputs = self.graphs[key]
-        _fill(static_data, data)
-        if state is not None:
-            _fill(static_state, state)
+                return self._warmup(inputs)
+            self.graphs[key] = self._capture(inputs)
+        graph, static, outputs = self.graphs[key]
+        for buffer, value in zip(static, tree_flatten(inputs)[0]):
+            if buffer is not None:
+                buffer.copy_(torch.as_tensor(value), non_blocking=True)
         graph.replay()
-        last, metrics = outputs
-        return {k: v.clone() for k, v in last.items()}, {k: v.clone() for k, v in metrics.items()}
+        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, outputs)
 
-    def _warmup(self, data, state, sequence_scores):
+    def _warmup(self, inputs):
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            out = self.step(data, state, sequence_scores)
+            out = self.fn(*inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
         return out
 
-    def _capture(self, data, state, sequence_scores):
-        import time
-
+    def _capture(self, inputs):
         start = time.perf_counter()
-        static_data = {k: torch.empty_like(v, device=self.device) for k, v in data.items()}
-        static_state = None if state is None else {k: torch.empty_like(v, device=self.device) for k, v in state.items()}
+        leaves, spec = tree_flatten(inputs)
+        static = [torch.empty(tuple(x.shape), dtype=torch.as_tensor(x).dtype, device=self.device) if _is_array(x)
+                  else None for x in leaves]
+        call_inputs = tree_unflatten([b if b is not None else x for b, x in zip(static, leaves)], spec)
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
-        # thread_local: the replay's sampling thread may copy the next batch meanwhile.
+        # thread_local: another thread (the replay's batch prefetch) may use the device meanwhile.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            outputs = self.step(static_data, static_state, sequence_scores)
+            outputs = self.fn(*call_inputs)
         torch.cuda.synchronize(self.device)
         self.capture_seconds += time.perf_counter() - start
-        # Capturing records the kernels without running them: the caller's replay trains on this batch.
-        return graph, (static_data, static_state), outputs
+        # Capturing records the kernels without running them: the caller's replay runs them on these inputs.
+        return graph, static, outputs
 
 
-def _fill(static: dict, values: dict) -> None:
-    for key, buffer in static.items():
-        buffer.copy_(values[key], non_blocking=True)
+def _is_array(x) -> bool:
+    return isinstance(x, (torch.Tensor, np.ndarray))
