@@ -12,6 +12,7 @@ TINY = [
     "--discount_head.layers", "1", "--discount_head.units", "32",
     "--actor.layers", "1", "--actor.units", "32", "--critic.layers", "1", "--critic.units", "32",
     "--imag_horizon", "3", "--progress", "False", "--precision", "32",
+    "--compile", "none",  # compiling takes longer than these runs; tests/agent/test_jit.py tests it
 ]
 
 

@@ -25,11 +25,12 @@ import torch
 from torch_dreamer.errors import UserError
 
 MODES = ("none", "step", "graph", "auto")
-# On the CPU, compiling the scan steps pays off only while per-op overhead dominates: no CNN and a tiny deter.
-# Measured: the tests' tiny model (deter 32) 26 -> 7 ms per update; gym_vector (deter 128) no faster on a quiet
-# machine (0.175 vs 0.171 s/update eager, 25 rounds, benchmarks/results/throughput-cpu-gym_vector-quiet-*);
-# atari and dmc_vision no faster.
-AUTO_CPU_MAX_DETER = 64
+# On the CPU, compiling the scan steps pays off only while per-op overhead dominates: no CNN and a small deter.
+# Measured: the tests' tiny model (deter 32) 26 -> 7 ms per update. gym_vector (deter 128): with one thread no
+# faster (0.175 vs 0.171 s/update, benchmarks/results/throughput-cpu-gym_vector-quiet-*), with two threads (torch's
+# default on a 2-core machine) 0.087-0.091 vs 0.099-0.101 s/update (fastest of 40, two rounds each), and the
+# README's CartPole quick start took 126.6 s instead of 148.3 s. atari and dmc_vision: no faster.
+AUTO_CPU_MAX_DETER = 128
 
 
 def option(config, key: str, default):
