@@ -54,16 +54,21 @@ class Trace(TorchDispatchMode):
         return out
 
 
-def _traced_updates(agent, data, state=None, sequence_scores=False):
-    """Two traced updates after two untraced ones (lazily created optimiser state). Every call gets the same
-    `data` and `state` tensors, as a replay reads its static input buffers."""
+def _traced_calls(call, *inputs):
+    """Two traced calls after two untraced ones (lazily created optimiser state); returns the traces and the last
+    output. Every call gets the same input tensors, as a replay reads its static input buffers."""
     for _ in range(2):
-        agent.train_step(data, state, sequence_scores)
+        call(*inputs)
     traces = []
     for _ in range(2):
         with Trace() as trace:
-            _, metrics = agent.train_step(data, state, sequence_scores)
+            out = call(*inputs)
         traces.append(trace)
+    return traces, out
+
+
+def _traced_updates(agent, data, state=None, sequence_scores=False):
+    traces, (_, metrics) = _traced_calls(agent.train_step, data, state, sequence_scores)
     return traces, metrics
 
 
@@ -115,13 +120,7 @@ def test_consecutive_policy_steps_are_the_same_ops_on_the_same_state_without_hos
         agent = Agent(tiny_config(*VECTOR), {"vector": ((5,), "float32")}, 3, discrete)
         obs = {"vector": torch.randn(4, 5), "is_first": torch.zeros(4, dtype=torch.bool)}
         _, state = agent.policy(obs, None, mode)
-        agent.policy(obs, state, mode)
-        traces = []
-        for _ in range(2):
-            with Trace() as trace:
-                action, _ = agent.policy(obs, state, mode)
-            traces.append(trace)
-        first, second = traces
+        (first, second), (action, _) = _traced_calls(agent.policy, obs, state, mode)
         assert first.syncs == [] and second.syncs == [], mode
         assert len(first.ops) > 30 and first.ops == second.ops and first.external == second.external
         if discrete:
