@@ -176,3 +176,88 @@ def test_captured_update_equals_the_eager_update_on_cuda():
             actions[mode], states[mode] = agent.policy(obs, states[mode], "eval")
         torch.testing.assert_close(actions["graph"], actions["none"])
     assert len(agents["graph"]._captured[1].graphs) == 2  # the first step (no state) and the later ones
+
+
+class _RecordedGraph:
+    """A CPU stand-in for torch.cuda.CUDAGraph: capturing records every op with its argument and output tensors
+    (the capture's memory); replay reruns the ops on those tensors and writes each result into the recorded output,
+    as a CUDA graph replays its kernels on the captured addresses. Unlike CUDA, the capture itself also runs."""
+
+    def __init__(self):
+        self.ops = []
+
+    def replay(self):
+        with torch.no_grad():
+            for func, args, kwargs, out in self.ops:
+                for new, old in zip(tree_flatten(func(*args, **kwargs))[0], tree_flatten(out)[0]):
+                    if isinstance(old, torch.Tensor) and new.data_ptr() != old.data_ptr():
+                        old.copy_(new)
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, graph):
+        super().__init__()
+        self.graph = graph
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not str(func).startswith("profiler."):
+            self.graph.ops.append((func, args, kwargs or {}, out))
+        return out
+
+
+class _Stream:
+    def __init__(self, *args):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+def test_replaying_the_recorded_update_and_policy_equals_eager(monkeypatch):
+    """Captured's plumbing (eager warm-up, static inputs, cloned outputs, keys) and the replay semantics, on the CPU:
+    the update and the policy step replayed from their recorded ops equal the eager ones."""
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kwargs: _Recorder(graph))
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: _Stream())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    agents = {}
+    for mode in ("eager", "replayed"):
+        torch.manual_seed(0)
+        agents[mode] = Agent(tiny_config(*VECTOR), {"vector": ((5,), "float32")}, 3, True)
+    replayed = agents["replayed"]
+    replayed._compiled = []  # as `_compile` leaves it in graph mode
+    replayed._captured = (graph_lib.Captured(replayed._train_step, torch.device("cpu")),
+                          graph_lib.Captured(replayed._policy, torch.device("cpu")))
+    batches = [make_batch(image=None, vector=5, seed=seed) for seed in range(graph_lib.WARMUP + 3)]
+    obs = [{"vector": torch.randn(4, 5, generator=torch.Generator().manual_seed(seed)),
+            "is_first": torch.zeros(4, dtype=torch.bool)} for seed in range(graph_lib.WARMUP + 3)]
+    results = {}
+    for mode, agent in agents.items():
+        torch.manual_seed(1)
+        metrics, actions, state = [], [], None
+        for step, batch in enumerate(batches):
+            extra = mode == "eager" and step == graph_lib.WARMUP  # the stand-in's capture runs each call once more
+            if extra:
+                agent.train_step(batch)
+            metrics.append(agent.train_step(batch)[1])
+            if extra:
+                agent.policy(obs[step], state, "eval")
+            action, state = agent.policy(obs[step], state, "eval")
+            actions.append(action)
+        results[mode] = metrics, actions, agent.state_dict()
+    assert len(replayed._captured[0].graphs) == 1 and len(replayed._captured[1].graphs) == 1
+    (eager_metrics, eager_actions, eager_state), (metrics, actions, state) = results["eager"], results["replayed"]
+    for key, value in eager_state.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    for eager, replay in zip(eager_metrics, metrics):
+        assert eager.keys() == replay.keys()
+        for key in eager:
+            torch.testing.assert_close(replay[key], eager[key], rtol=1e-6, atol=1e-7, msg=key)
+    for eager, replay in zip(eager_actions, actions):
+        assert torch.equal(replay, eager)

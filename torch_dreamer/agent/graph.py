@@ -73,8 +73,9 @@ class Captured:
     def _capture(self, inputs):
         start = time.perf_counter()
         leaves, spec = tree_flatten(inputs)
-        static = [torch.empty(tuple(x.shape), dtype=torch.as_tensor(x).dtype, device=self.device) if _is_array(x)
-                  else None for x in leaves]
+        # Filled with this call's inputs already, so the buffers never hold garbage (a capture records, it does not
+        # run; tests/agent/test_graph.py's CPU stand-in runs it).
+        static = [torch.as_tensor(x).to(self.device, copy=True) if _is_array(x) else None for x in leaves]
         call_inputs = tree_unflatten([b if b is not None else x for b, x in zip(static, leaves)], spec)
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
