@@ -214,7 +214,8 @@ class _Stream:
         pass
 
 
-def test_replaying_the_recorded_update_and_policy_equals_eager(monkeypatch):
+@pytest.mark.parametrize("case", ["vector, discrete (reinforce)", "image, continuous (dynamics)"])
+def test_replaying_the_recorded_update_and_policy_equals_eager(monkeypatch, case):
     """Captured's plumbing (eager warm-up, static inputs, cloned outputs, keys) and the replay semantics, on the CPU:
     the update and the policy step replayed from their recorded ops equal the eager ones."""
     import contextlib
@@ -225,17 +226,18 @@ def test_replaying_the_recorded_update_and_policy_equals_eager(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: _Stream())
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    flags, batch, space, discrete, _ = CASES[case]
     agents = {}
     for mode in ("eager", "replayed"):
         torch.manual_seed(0)
-        agents[mode] = Agent(tiny_config(*VECTOR), {"vector": ((5,), "float32")}, 3, True)
+        agents[mode] = Agent(tiny_config(*flags), space, 3, discrete)
     replayed = agents["replayed"]
     replayed._compiled = []  # as `_compile` leaves it in graph mode
     replayed._captured = (graph_lib.Captured(replayed._train_step, torch.device("cpu")),
                           graph_lib.Captured(replayed._policy, torch.device("cpu")))
-    batches = [make_batch(image=None, vector=5, seed=seed) for seed in range(graph_lib.WARMUP + 3)]
-    obs = [{"vector": torch.randn(4, 5, generator=torch.Generator().manual_seed(seed)),
-            "is_first": torch.zeros(4, dtype=torch.bool)} for seed in range(graph_lib.WARMUP + 3)]
+    batches = [make_batch(discrete=discrete, seed=seed, **batch) for seed in range(graph_lib.WARMUP + 3)]
+    obs = [{**{k: v[0, :2] for k, v in step.items() if k in space}, "is_first": torch.zeros(2, dtype=torch.bool)}
+           for step in batches]
     results = {}
     for mode, agent in agents.items():
         torch.manual_seed(1)
