@@ -7,6 +7,8 @@ shape), (b) run the same ops with the same non-tensor arguments, and (c) read th
 in place rather than replaced by new ones (a replaced tensor would be read at its captured address forever).
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -206,6 +208,13 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+class _FailingRecorder(_Recorder):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is aten.addmm.default:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
 class _Stream:
     def __init__(self, *args):
         pass
@@ -214,19 +223,25 @@ class _Stream:
         pass
 
 
-@pytest.mark.parametrize("case", ["vector, discrete (reinforce)", "image, continuous (dynamics)"])
-def test_replaying_the_recorded_update_and_policy_equals_eager(monkeypatch, case):
-    """Captured's plumbing (eager warm-up, static inputs, cloned outputs, keys) and the replay semantics, on the CPU:
-    the update and the policy step replayed from their recorded ops equal the eager ones."""
+def _stand_in_cuda(monkeypatch, recorder=_Recorder):
     import contextlib
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kwargs: _Recorder(graph))
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kwargs: recorder(graph))
     monkeypatch.setattr(torch.cuda, "Stream", _Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: _Stream())
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
-    flags, batch, space, discrete, _ = CASES[case]
+
+
+@pytest.mark.parametrize("case", ["vector, discrete (reinforce)", "image, continuous (dynamics)", "capture fails"])
+def test_replaying_the_recorded_update_and_policy_equals_eager(monkeypatch, case):
+    """Captured's plumbing (eager warm-up, static inputs, cloned outputs, keys) and the replay semantics, on the CPU:
+    the update and the policy step replayed from their recorded ops equal the eager ones. A capture that fails
+    warns once and runs that call and every later one eagerly (the stand-in's failing capture has run nothing)."""
+    fails = case == "capture fails"
+    _stand_in_cuda(monkeypatch, _FailingRecorder if fails else _Recorder)
+    flags, batch, space, discrete, _ = CASES["vector, discrete (reinforce)" if fails else case]
     agents = {}
     for mode in ("eager", "replayed"):
         torch.manual_seed(0)
@@ -239,20 +254,25 @@ def test_replaying_the_recorded_update_and_policy_equals_eager(monkeypatch, case
     obs = [{**{k: v[0, :2] for k, v in step.items() if k in space}, "is_first": torch.zeros(2, dtype=torch.bool)}
            for step in batches]
     results = {}
+    warnings.simplefilter("always")
     for mode, agent in agents.items():
         torch.manual_seed(1)
         metrics, actions, state = [], [], None
         for step, batch in enumerate(batches):
-            extra = mode == "eager" and step == graph_lib.WARMUP  # the stand-in's capture runs each call once more
+            # The stand-in's capture runs each call once more (a failing one stops at its first matmul).
+            extra = mode == "eager" and step == graph_lib.WARMUP and not fails
             if extra:
                 agent.train_step(batch)
-            metrics.append(agent.train_step(batch)[1])
+            with warnings.catch_warnings(record=True) as caught:
+                metrics.append(agent.train_step(batch)[1])
+            assert len(caught) == int(fails and mode == "replayed" and step == graph_lib.WARMUP), caught
             if extra:
                 agent.policy(obs[step], state, "eval")
             action, state = agent.policy(obs[step], state, "eval")
             actions.append(action)
         results[mode] = metrics, actions, agent.state_dict()
-    assert len(replayed._captured[0].graphs) == 1 and len(replayed._captured[1].graphs) == 1
+    assert [len(captured.graphs) for captured in replayed._captured] == ([0, 0] if fails else [1, 1])
+    assert [captured.failed for captured in replayed._captured] == [fails, fails]
     (eager_metrics, eager_actions, eager_state), (metrics, actions, state) = results["eager"], results["replayed"]
     for key, value in eager_state.items():
         if torch.is_tensor(value):

@@ -23,6 +23,7 @@ batch shape, a carried state, another policy mode or number of envs) captures it
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -47,14 +48,24 @@ class Captured:
         self.graphs: dict = {}  # signature -> (graph, static input leaves, static outputs)
         self.calls = 0
         self.capture_seconds = 0.0
+        self.failed = False  # a capture failed: every call runs eagerly
 
     def __call__(self, *inputs):
+        if self.failed:
+            return self.fn(*inputs)
         key = signature(inputs)
         if key not in self.graphs:
             if self.calls < WARMUP:
                 self.calls += 1
                 return self._warmup(inputs)
-            self.graphs[key] = self._capture(inputs)
+            try:
+                self.graphs[key] = self._capture(inputs)
+            except Exception as error:  # what cannot be captured varies by op, library and driver
+                # A capture records without running, so nothing of this call has happened yet: run it eagerly.
+                warnings.warn(f"CUDA-graph capture failed ({type(error).__name__}: {error}); running eagerly "
+                              "from now on (--compile none)")
+                self.failed, self.graphs = True, {}
+                return self.fn(*inputs)
         graph, static, outputs = self.graphs[key]
         for buffer, value in zip(static, tree_flatten(inputs)[0]):
             if buffer is not None:
