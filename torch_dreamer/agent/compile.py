@@ -40,11 +40,16 @@ def option(config, key: str, default):
         return default
 
 
+def requested(config) -> str:
+    """The `--compile` value as written, normalised (any case, surrounding spaces)."""
+    return str(option(config, "compile", "none")).strip().lower()
+
+
 def resolve(config, device_type: str, conv: bool = False) -> str:
-    """The mode to run on `device_type` ('cpu', 'cuda'): none or step; UserError for what cannot run.
+    """The mode to run on `device_type` ('cpu', 'cuda'): none, step or graph; UserError for what cannot run.
 
     conv: whether the model has convolutions (image inputs), which `auto` leaves eager on the CPU."""
-    name = str(option(config, "compile", "none")).strip().lower()
+    name = requested(config)
     if name not in MODES:
         raise UserError(f"--compile must be one of {', '.join(MODES)}, not '{name}'")
     if name == "none" and option(config, "jit", False):
@@ -76,7 +81,7 @@ def _constant(value) -> bool:
 
 def check_processes(config, world: int) -> None:
     """`--compile graph` captures one process's update; data-parallel learners all-reduce from autograd hooks."""
-    if world > 1 and str(option(config, "compile", "none")).strip().lower() == "graph":
+    if world > 1 and requested(config) == "graph":
         raise UserError("--compile graph runs in one learner process; with --nproc/--gpus use --compile step")
 
 

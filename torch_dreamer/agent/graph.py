@@ -22,7 +22,6 @@ batch shape, a carried state, another policy mode or number of envs) captures it
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -35,7 +34,10 @@ WARMUP = 2
 def signature(inputs) -> tuple:
     """What a captured graph is specific to: the structure of its inputs, the shapes and dtypes of their arrays
     and the values of everything else (flags, modes)."""
-    leaves, spec = tree_flatten(inputs)
+    return _signature(*tree_flatten(inputs))
+
+
+def _signature(leaves: list, spec) -> tuple:
     return str(spec), tuple((tuple(x.shape), torch.as_tensor(x).dtype) if _is_array(x) else ("value", x)
                             for x in leaves)
 
@@ -47,19 +49,19 @@ class Captured:
         self.fn, self.device = fn, device
         self.graphs: dict = {}  # signature -> (graph, static input leaves, static outputs)
         self.calls = 0
-        self.capture_seconds = 0.0
         self.failed = False  # a capture failed: every call runs eagerly
 
     def __call__(self, *inputs):
         if self.failed:
             return self.fn(*inputs)
-        key = signature(inputs)
+        leaves, spec = tree_flatten(inputs)  # once per call: the policy step runs this every env step
+        key = _signature(leaves, spec)
         if key not in self.graphs:
             if self.calls < WARMUP:
                 self.calls += 1
                 return self._warmup(inputs)
             try:
-                self.graphs[key] = self._capture(inputs)
+                self.graphs[key] = self._capture(leaves, spec)
             except Exception as error:  # what cannot be captured varies by op, library and driver
                 # A capture records without running, so nothing of this call has happened yet: run it eagerly.
                 warnings.warn(f"CUDA-graph capture failed ({type(error).__name__}: {error}); running eagerly "
@@ -67,7 +69,7 @@ class Captured:
                 self.failed, self.graphs = True, {}
                 return self.fn(*inputs)
         graph, static, outputs = self.graphs[key]
-        for buffer, value in zip(static, tree_flatten(inputs)[0]):
+        for buffer, value in zip(static, leaves):
             if buffer is not None:
                 buffer.copy_(torch.as_tensor(value), non_blocking=True)
         graph.replay()
@@ -81,9 +83,7 @@ class Captured:
         torch.cuda.current_stream(self.device).wait_stream(side)
         return out
 
-    def _capture(self, inputs):
-        start = time.perf_counter()
-        leaves, spec = tree_flatten(inputs)
+    def _capture(self, leaves: list, spec):
         # Filled with this call's inputs already, so the buffers never hold garbage (a capture records, it does not
         # run; tests/agent/test_graph.py's CPU stand-in runs it).
         static = [torch.as_tensor(x).to(self.device, copy=True) if _is_array(x) else None for x in leaves]
@@ -94,7 +94,6 @@ class Captured:
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = self.fn(*call_inputs)
         torch.cuda.synchronize(self.device)
-        self.capture_seconds += time.perf_counter() - start
         # Capturing records the kernels without running them: the caller's replay runs them on these inputs.
         return graph, static, outputs
 
