@@ -9,6 +9,11 @@ benchmarks/results/throughput-<device>-<date>.json.
 
     python benchmarks/throughput.py                                   # current code, eager and step, CPU
     python benchmarks/throughput.py --baseline /work/baseline --configs gym_vector --updates 3 --threads 1
+    python benchmarks/throughput.py --configs atari --compile none --precisions 32 bf16 --profile
+
+`--profile` adds one profiled update per variant and splits its time by kind of op (matmul, convolution,
+activation, the rest) with the model FLOPs of one update (torch's FlopCounterMode), so a figure can be read
+against the machine's matmul and convolution speed: the time no change short of fewer FLOPs can remove.
 """
 
 from __future__ import annotations
@@ -55,8 +60,44 @@ def synthetic_batch(obs, act_dim, discrete, T, B, device):
     return batch
 
 
+OP_KINDS = {  # profiler op names (self time) -> kind
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"),
+    "convolution": ("aten::convolution_backward", "aten::_convolution", "aten::mkldnn_convolution",
+                    "aten::cudnn_convolution", "aten::cudnn_convolution_transpose", "aten::_slow_conv2d_forward",
+                    "aten::slow_conv_transpose2d"),
+    "activation": ("aten::elu", "aten::elu_backward", "aten::silu", "aten::silu_backward", "aten::relu",
+                   "aten::threshold_backward", "aten::gelu", "aten::gelu_backward"),
+}
+
+
+def profile_update(agent, batch) -> dict:
+    """One update's seconds by kind of op (self CPU time; on CUDA the launch side), the wall time outside any
+    op, and the update's model FLOPs."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kind_of = {name: kind for kind, names in OP_KINDS.items() for name in names}
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        agent.train_step(batch)
+    wall = time.perf_counter() - start
+    seconds = dict.fromkeys([*OP_KINDS, "other"], 0.0)
+    for event in prof.key_averages():
+        seconds[kind_of.get(event.key, "other")] += event.self_cpu_time_total / 1e6
+    seconds["outside ops"] = max(wall - sum(seconds.values()), 0.0)  # Python, the profiler's own cost
+    counter = FlopCounterMode(display=False)
+    with torch.compiler.set_stance("force_eager"), counter:  # compiled code runs no dispatch modes
+        agent.train_step(batch)
+    flops = counter.get_flop_counts().get("Global", {})
+    conv = sum(n for op, n in flops.items() if "convolution" in str(op))
+    return {"seconds": seconds, "total_seconds": sum(seconds.values()), "gflop": counter.get_total_flops() / 1e9,
+            "conv_gflop": conv / 1e9}
+
+
 def worker(spec: dict) -> None:
-    """Builds one agent, then answers commands on stdin ('update', 'policy N', 'quit') with JSON lines."""
+    """Builds one agent, then answers commands on stdin ('update', 'policy N', 'profile', 'quit') with JSON
+    lines."""
     import torch
 
     from torch_dreamer.agent.agent import Agent
@@ -84,6 +125,9 @@ def worker(spec: dict) -> None:
         command = line.split()
         if command[0] == "quit":
             return
+        if command[0] == "profile":
+            reply(profile_update(agent, batch))
+            continue
         start = time.perf_counter()
         if command[0] == "update":
             agent.train_step(batch)
@@ -113,7 +157,7 @@ class Variant:
         self.ready = self._read()
         if not self.ready["file"].startswith(str(root)):
             raise RuntimeError(f"{name} imported {self.ready['file']}, not the package under {root}")
-        self.updates, self.policy = [], []
+        self.updates, self.policy, self.profile = [], [], None
 
     def _read(self) -> dict:
         line = self.process.stdout.readline()
@@ -121,10 +165,12 @@ class Variant:
             raise RuntimeError(f"worker {self.name} {self.spec} failed (see its stderr above)")
         return json.loads(line)
 
-    def ask(self, command: str) -> float:
+    def ask(self, command: str):
+        """The reply's seconds, or the whole reply of a 'profile'."""
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
-        return self._read()["seconds"]
+        answer = self._read()
+        return answer if command == "profile" else answer["seconds"]
 
     def close(self) -> None:
         self.process.stdin.write("quit\n")
@@ -164,6 +210,9 @@ def measure(config: str, args) -> list[dict]:
         for round_ in range(args.policy_rounds):
             for variant in rotated(variants, round_):
                 variant.policy.append(variant.ask(f"policy {args.policy_steps}") / args.policy_steps)
+        if args.profile:
+            for variant in variants:
+                variant.profile = variant.ask("profile")
     finally:
         for variant in variants:
             variant.close()
@@ -174,6 +223,8 @@ def measure(config: str, args) -> list[dict]:
                "seconds_per_update": seconds, "updates_per_second": 1 / seconds, "update_seconds": variant.updates}
         if variant.policy:
             row["policy_steps_per_second"] = 1 / sorted(variant.policy)[len(variant.policy) // 2]
+        if variant.profile:
+            row["profile"] = variant.profile
         rows.append(row)
     reference = {r["precision"]: r["seconds_per_update"] for r in rows if r["code"] == "baseline"}
     for row in rows:
@@ -184,7 +235,21 @@ def measure(config: str, args) -> list[dict]:
               f"x{row.get('speedup_vs_baseline', float('nan')):.2f} vs baseline  "
               f"{row.get('policy_steps_per_second', float('nan')):7.1f} policy steps/s  "
               f"(warm-up {row['warmup_seconds']:.1f} s)", flush=True)
+        if "profile" in row:
+            print_profile(row["profile"])
     return rows
+
+
+def print_profile(profile: dict) -> None:
+    """The profiled update by kind of op, and the matmul/convolution speed it reached."""
+    seconds, gflop, conv = profile["seconds"], profile["gflop"], profile["conv_gflop"]
+    split = "  ".join(f"{kind} {s:.3f}" for kind, s in seconds.items())
+    rates = []
+    for kind, flop in (("matmul", gflop - conv), ("convolution", conv)):
+        if seconds[kind] > 0 and flop > 0:
+            rates.append(f"{kind} {flop / seconds[kind]:.0f} GFLOP/s")
+    print(f"            profiled update {profile['total_seconds']:.3f} s: {split} s;  {gflop:.1f} GFLOP "
+          f"({conv:.1f} in convolutions);  {', '.join(rates)}", flush=True)
 
 
 def main():
@@ -200,6 +265,7 @@ def main():
     parser.add_argument("--policy-rounds", type=int, default=3)
     parser.add_argument("--envs", type=int, default=1, help="environments per policy step")
     parser.add_argument("--baseline", help="a checkout of older code (git worktree add PATH COMMIT) to run beside")
+    parser.add_argument("--profile", action="store_true", help="one more update per variant, profiled by kind of op")
     parser.add_argument("--note", default="", help="recorded in the JSON, e.g. 'machine shared with other jobs'")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the JSON")
     args = parser.parse_args()

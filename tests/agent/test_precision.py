@@ -74,3 +74,21 @@ def test_tf32_and_cudnn_autotuning_unless_deterministic():
     finally:
         torch.use_deterministic_algorithms(False)
         setup.seed_everything(0, deterministic=False)
+
+
+def test_float16_on_the_cpu_warns_with_the_faster_precision(tmp_path, monkeypatch):
+    import pytest
+
+    from torch_dreamer.config import resolve
+
+    for precision, device in [("32", "cpu"), ("bf16", "cpu"), ("16", "cuda")]:
+        assert setup.cpu_precision_note(precision, device) is None
+    monkeypatch.setattr(setup, "cpu_bf16_hardware", lambda: True)
+    assert setup.cpu_precision_note("16", "cpu").endswith("use --precision bf16 (this CPU has bfloat16 instructions)")
+    monkeypatch.setattr(setup, "cpu_bf16_hardware", lambda: False)
+    assert setup.cpu_precision_note("16", "cpu").endswith("use --precision 32 (this CPU lacks bfloat16 instructions)")
+    logdir = tmp_path / "run"
+    config = resolve(["gym_vector"], ["--precision", "16", "--device", "cpu", "--logdir", str(logdir)])
+    with pytest.warns(UserWarning, match="--precision 16 runs float16 on the CPU"):
+        setup.validate_run_keys(config)  # the run's checks, before the logdir is made
+    assert not logdir.exists()
