@@ -57,3 +57,12 @@ def test_no_recompilation_in_steady_state(runs):
         step.policy(obs, state)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert not torch._dynamo.utils.counters["graph_break"]  # whole functions (fullgraph)
+
+
+def test_compile_time_counts_the_calls_that_compiled(runs):
+    eager, step = runs["none"][0], runs["step"][0]
+    assert eager.compile_clock.seconds == 0
+    seconds = step.compile_clock.seconds
+    assert seconds > 0  # the observe cell and imagination step, with and without autograd, and the policy's cell
+    step.train_step(make_batch(image=None, vector=5, seed=UPDATES + 1))  # nothing new to compile
+    assert step.compile_clock.seconds == seconds

@@ -34,6 +34,7 @@ class Agent(nn.Module):
         self.expl_behavior = self._make_expl_behavior()
         self.step = 0  # environment steps, for schedules; set by the run loop
         self._compiled = None  # what `--compile` compiled, decided at the first call (when the device is known)
+        self.compile_clock = compile_lib.CompileClock()  # seconds spent compiling, for the logs
         self._captured = None  # `--compile graph`: the update and the policy step as CUDA-graph replays
 
     def _make_expl_behavior(self):
@@ -55,7 +56,7 @@ class Agent(nn.Module):
             self._captured = Captured(self._train_step, self.device), Captured(self._policy, self.device)
         if mode in ("none", "graph"):
             return []
-        return compile_lib.compile_steps([(self.wm.rssm, "obs_cell"), (self.wm, "imagine_step")])
+        return compile_lib.compile_steps([(self.wm.rssm, "obs_cell"), (self.wm, "imagine_step")], self.compile_clock)
 
     def _run(self, fn, *args):
         """Calls fn, compiling first what `--compile` asks for; a compiled function that fails to compile runs

@@ -18,6 +18,7 @@ name, so callers pick them up unchanged and checkpoints keep their keys.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -97,23 +98,41 @@ def is_compiler_error(error: Exception) -> bool:
     return "torch._dynamo" in type(error).__module__ or "inductor" in str(type(error))
 
 
-def compile_steps(targets: list) -> list:
+class CompileClock:
+    """Wall time of the calls that compiled a new graph (the first call of each kind), which the learner logs as
+    `compile_seconds`; later calls only check dynamo's graph count."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def timed(self, fn, *args, **kwargs):
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+            self.seconds += time.perf_counter() - start
+        return result
+
+
+def compile_steps(targets: list, clock: CompileClock | None = None) -> list:
     """Compiles each (module, method name) as one whole function, stored on the module; returns the targets.
+    The calls that compile add their time to `clock`.
 
     If the compiler fails on this platform (it compiles at the first call, before running anything), that call
     and every later one run eagerly, after one warning: nothing of the update has run twice."""
+    clock = clock or CompileClock()
     for module, name in targets:
-        setattr(module, name, _falling_back(targets, torch.compile(getattr(module, name), fullgraph=True,
-                                                                   dynamic=False), module, name))
+        compiled = torch.compile(getattr(module, name), fullgraph=True, dynamic=False)
+        setattr(module, name, _falling_back(targets, compiled, module, name, clock))
     return targets
 
 
-def _falling_back(targets: list, compiled, module, name: str):
+def _falling_back(targets: list, compiled, module, name: str, clock: CompileClock):
     def call(*args, **kwargs):
         if module.__dict__.get(name) is not call:  # restored meanwhile
             return getattr(module, name)(*args, **kwargs)
         try:
-            return compiled(*args, **kwargs)
+            return clock.timed(compiled, *args, **kwargs)
         except Exception as error:  # compiler errors vary by platform and backend
             if not is_compiler_error(error):
                 raise

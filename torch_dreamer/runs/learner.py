@@ -166,6 +166,8 @@ class Learner:
     def report(self) -> dict:
         """Training metrics averaged since the last report, and open-loop videos from a random batch."""
         result = self.metrics.result()
+        if self.agent.compile_clock.seconds:  # `--compile step`: the compilations so far, read at log time
+            result["compile_seconds"] = self.agent.compile_clock.seconds
         if self.wants_video():
             chunks = [self.report_sampler.sample() for _ in range(self.config.dataset.batch)]
             from torch_dreamer.data import stack_time_major
