@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 echo "== 1. updates/s (interleaved; compile time is the warm-up column)"
 timeout 270 python benchmarks/throughput.py --device cuda --configs atari --precisions 32 bf16 \
   --compile none step graph --updates 20 --policy-steps 100 --policy-rounds 3 --envs 16 --threads 4 \
-  --note "benchmarks/gpu.sh" || echo "throughput: failed or timed out (rc $?)"
+  --budget 200 --note "benchmarks/gpu.sh" || echo "throughput: failed or timed out (rc $?)"
 
 echo "== 2. --compile graph equals eager"
 timeout 120 python -m pytest -q -p no:cacheprovider tests/agent/test_graph.py || echo "graph test: failed (rc $?)"
@@ -43,6 +43,8 @@ name = torch.cuda.get_device_name()
 peak = next((value for key, value in PEAKS.items() if key in name), None)
 setup.seed_everything(0)  # TF32 and cuDNN autotuning, as a run sets them
 obs, act_dim, discrete = SPACES["atari"]
+date = datetime.date.today().isoformat()
+out = pathlib.Path("benchmarks/results") / f"gpu-profile-{date}.json"
 rows = []
 for precision, mode in (("32", "none"), ("bf16", "none"), ("bf16", "step"), ("bf16", "graph")):
     config = resolve(["atari"], ["--precision", precision, "--compile", mode])
@@ -79,11 +81,10 @@ for precision, mode in (("32", "none"), ("bf16", "none"), ("bf16", "step"), ("bf
            "kernel_launches_per_update": launches, "policy_step_ms_16_envs": latency * 1e3}
     rows.append(row)
     print(json.dumps(row), flush=True)
+    # Written after every row, so a run cut short by its timeout keeps the rows it measured.
+    out.write_text(json.dumps({"date": date, "device_name": name, "torch": torch.__version__, "peak_flops": peak,
+                               "results": rows}, indent=2))
     del agent
     torch.cuda.empty_cache()
-date = datetime.date.today().isoformat()
-out = pathlib.Path("benchmarks/results") / f"gpu-profile-{date}.json"
-out.write_text(json.dumps({"date": date, "device_name": name, "torch": torch.__version__, "peak_flops": peak,
-                           "results": rows}, indent=2))
 print(f"wrote {out}")
 EOF

@@ -195,6 +195,11 @@ def rotated(items: list, shift: int) -> list:
     return items[shift:] + items[:shift]
 
 
+def past(deadline: float | None) -> bool:
+    """Whether `--budget` is spent: later rounds are skipped, so the script ends (and writes) on its own."""
+    return deadline is not None and time.monotonic() > deadline
+
+
 def measure(config: str, args) -> list[dict]:
     """Interleaved rounds: one update of every variant per round, then `policy_steps` policy steps of each."""
     base = {"config": config, "device": args.device, "threads": args.threads, "envs": args.envs}
@@ -205,9 +210,13 @@ def measure(config: str, args) -> list[dict]:
     variants = [Variant(name, root, spec) for name, root, spec in plan]
     try:
         for round_ in range(args.updates):
+            if round_ and past(args.deadline):
+                break
             for variant in rotated(variants, round_):
                 variant.updates.append(variant.ask("update"))
         for round_ in range(args.policy_rounds):
+            if round_ and past(args.deadline):
+                break
             for variant in rotated(variants, round_):
                 variant.policy.append(variant.ask(f"policy {args.policy_steps}") / args.policy_steps)
         if args.profile:
@@ -261,6 +270,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (1: one core each)")
     parser.add_argument("--updates", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--budget", type=float, help="seconds after which no new round starts (each measurement "
+                                                      "keeps at least one), for a fixed slot such as benchmarks/gpu.sh")
     parser.add_argument("--policy-steps", type=int, default=50)
     parser.add_argument("--policy-rounds", type=int, default=3)
     parser.add_argument("--envs", type=int, default=1, help="environments per policy step")
@@ -271,6 +282,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
+    args.deadline = time.monotonic() + args.budget if args.budget else None
     import torch
 
     results = [row for name in args.configs for row in measure(name, args)]
