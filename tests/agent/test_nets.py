@@ -9,7 +9,7 @@ from torch import nn
 
 from torch_dreamer import config as config_lib
 from torch_dreamer.agent.behavior import ActorCritic
-from torch_dreamer.agent.nets import _first_deconv, MLP, Decoder, Encoder, GRUCell, select_keys
+from torch_dreamer.agent.nets import _first_deconv, _last_deconv, MLP, Decoder, Encoder, GRUCell, select_keys
 from torch_dreamer.agent.rssm import RSSM
 from torch_dreamer.agent.world_model import WorldModel
 
@@ -96,8 +96,9 @@ def test_decoder_cnn_sizes_1_5_13_30_64():
     out = dec(torch.zeros(3, 4, 10))
     assert set(out) == {"image"}
     assert out["image"].mean.shape == (3, 4, 64, 64, 1)
-    # The first transposed conv runs as a matmul on its 1x1 input (see _first_deconv); the rest as convs.
-    assert [s[1:] for s in shapes] == [(96, 13, 13), (48, 30, 30), (1, 64, 64)]
+    # The first transposed conv runs as a matmul on its 1x1 input (see _first_deconv), the last one (one channel,
+    # on the CPU) through PyTorch's native kernel (see _last_deconv); the others as the modules.
+    assert [s[1:] for s in shapes] == [(96, 13, 13), (48, 30, 30)]
     x = torch.randn(5, 1536)
     first = _first_deconv(dec.cnn[0], x)
     assert first.shape == (5, 192, 5, 5)
@@ -106,6 +107,28 @@ def test_decoder_cnn_sizes_1_5_13_30_64():
     # The last transposed conv is linear; the others are followed by ELU.
     assert not isinstance(dec.cnn[-1], nn.ELU) and isinstance(dec.cnn[-1], nn.ConvTranspose2d)
     assert sum(isinstance(m, nn.ELU) for m in dec.cnn) == 3
+
+
+def test_last_deconv_equals_the_layer_in_float32_and_bf16():
+    torch.manual_seed(0)
+    for channels in (1, 3):  # one channel takes the native kernel, three the module itself
+        layer = nn.ConvTranspose2d(8, channels, 6, 2).to(memory_format=torch.channels_last)
+        nn.init.normal_(layer.bias)
+        x = torch.randn(4, 8, 30, 30).to(memory_format=torch.channels_last)
+        grad = torch.randn(4, channels, 64, 64)
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+            results = []
+            for fn in (layer, lambda x: _last_deconv(layer, x)):
+                layer.zero_grad()
+                inp = x.detach().to(dtype).requires_grad_(True)
+                with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    out = fn(inp)
+                out.backward(grad.to(out.dtype))
+                results.append([out, inp.grad, layer.weight.grad.clone(), layer.bias.grad.clone()])
+            assert results[1][0].dtype == results[0][0].dtype == dtype  # bf16 out under autocast, as the layer's
+            for ours, ref in zip(results[1], results[0]):
+                ours, ref = ours.float(), ref.float()
+                torch.testing.assert_close(ours, ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 def test_key_selection_by_rank_and_regex():
