@@ -70,6 +70,19 @@ OP_KINDS = {  # profiler op names (self time) -> kind
 }
 
 
+def count_native_transposed_conv() -> None:
+    """FLOPs for `aten.slow_conv_transpose2d`, which torch's counter has no formula for (the decoder's one-channel
+    last layer runs it on the CPU, `nets._last_deconv`)."""
+    import torch
+    from torch.utils import flop_counter
+
+    op = torch.ops.aten.slow_conv_transpose2d
+    if op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(op)(
+            lambda x_shape, w_shape, *args, out_shape=None, **kwargs:
+            flop_counter.conv_flop_count(x_shape, w_shape, out_shape, transposed=True))
+
+
 def profile_update(agent, batch) -> dict:
     """One update's seconds by kind of op (self CPU time; on CUDA the launch side), the wall time outside any
     op, and the update's model FLOPs."""
@@ -86,11 +99,12 @@ def profile_update(agent, batch) -> dict:
     for event in prof.key_averages():
         seconds[kind_of.get(event.key, "other")] += event.self_cpu_time_total / 1e6
     seconds["outside ops"] = max(wall - sum(seconds.values()), 0.0)  # Python, the profiler's own cost
+    count_native_transposed_conv()
     counter = FlopCounterMode(display=False)
     with torch.compiler.set_stance("force_eager"), counter:  # compiled code runs no dispatch modes
         agent.train_step(batch)
     flops = counter.get_flop_counts().get("Global", {})
-    conv = sum(n for op, n in flops.items() if "convolution" in str(op))
+    conv = sum(n for op, n in flops.items() if "conv" in str(op))  # convolution*, slow_conv_transpose2d
     return {"seconds": seconds, "total_seconds": sum(seconds.values()), "gflop": counter.get_total_flops() / 1e9,
             "conv_gflop": conv / 1e9}
 
