@@ -109,6 +109,12 @@ def test_decoder_cnn_sizes_1_5_13_30_64():
     assert sum(isinstance(m, nn.ELU) for m in dec.cnn) == 3
 
 
+def test_decoder_with_one_or_two_kernels_runs_each_layer_once():
+    for kernels, size in (((6,), 6), ((5, 6), 14)):  # 1x1 -> 6x6; 1x1 -> 5x5 -> 14x14
+        dec = Decoder({"image": (size, size, 1)}, inp=10, cnn_keys="image", mlp_keys="$^", cnn_kernels=kernels)
+        assert dec(torch.zeros(2, 3, 10))["image"].mean.shape == (2, 3, size, size, 1)
+
+
 def test_last_deconv_equals_the_layer_in_float32_and_bf16():
     torch.manual_seed(0)
     for channels in (1, 3):  # one channel takes the native kernel, three the module itself

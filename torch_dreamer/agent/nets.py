@@ -229,7 +229,8 @@ class Decoder(nn.Module):
         if self.cnn_keys:
             lead = feat.shape[:-1]
             x = _first_deconv(self.cnn[0], self.cnn_in(feat).reshape(-1, 32 * self.depth))
-            x = _last_deconv(self.cnn[-1], self.cnn[1:-1](x))
+            if len(self.cnn) > 1:  # with a single kernel the first transposed conv is also the last
+                x = _last_deconv(self.cnn[-1], self.cnn[1:-1](x))
             x = x.permute(0, 2, 3, 1)
             x = x.reshape(lead + x.shape[1:])
             for key, mean in zip(self.cnn_keys, x.split(self.channels, -1)):
