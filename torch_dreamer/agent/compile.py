@@ -114,13 +114,12 @@ class CompileClock:
         return result
 
 
-def compile_steps(targets: list, clock: CompileClock | None = None) -> list:
+def compile_steps(targets: list, clock: CompileClock) -> list:
     """Compiles each (module, method name) as one whole function, stored on the module; returns the targets.
     The calls that compile add their time to `clock`.
 
     If the compiler fails on this platform (it compiles at the first call, before running anything), that call
     and every later one run eagerly, after one warning: nothing of the update has run twice."""
-    clock = clock or CompileClock()
     for module, name in targets:
         compiled = torch.compile(getattr(module, name), fullgraph=True, dynamic=False)
         setattr(module, name, _falling_back(targets, compiled, module, name, clock))
